@@ -1,0 +1,1 @@
+"""Hook functions (TransformerLens fn(activation, hook)) used by methods, attacks and diagnostics."""

@@ -1,0 +1,1 @@
+"""Unlearning methods: one small file each, one registry."""
