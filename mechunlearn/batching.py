@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["TokenBatch", "tokenize", "iter_batches", "token_logprobs", "sequence_logprobs", "mean_nll",
+__all__ = ["TokenBatch", "TextBatchSource", "tokenize", "iter_batches", "token_logprobs", "sequence_logprobs", "mean_nll",
            "logits_of"]
 
 
@@ -81,3 +81,20 @@ def mean_nll(logits: Float[Tensor, "batch pos vocab"], batch: TokenBatch) -> Flo
     """Mean negative log-likelihood per predicted (non-pad) token over the whole batch."""
     summed, counts = sequence_logprobs(logits, batch)
     return -summed.sum() / counts.sum().clamp(min=1)
+
+
+class TextBatchSource:
+    """Batches of ``texts`` for the training loop, reshuffled every epoch from ``seed``."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], batch_size: int, max_length: int = 512, seed: int = 0):
+        if len(texts) == 0:
+            raise ValueError("the training texts are empty: pass at least one text")
+        self.tokenizer, self.texts = tokenizer, list(texts)
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+
+    def epoch(self, index: int) -> Iterator[TokenBatch]:
+        return iter_batches(self.tokenizer, self.texts, self.batch_size, self.max_length,
+                            shuffle_seed=self.seed * 100_003 + index)
+
+    def __len__(self) -> int:
+        return -(-len(self.texts) // self.batch_size)

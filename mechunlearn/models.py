@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 __all__ = [
     "CheckpointError",
+    "FIXED_PARAMETERS",
     "load",
     "save",
     "from_hf",
@@ -45,6 +46,10 @@ __all__ = [
 SUPPORTED_ARCHITECTURE = "GPTNeoXForCausalLM"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
+
+
+# TransformerLens parameters with no GPT-NeoX counterpart: they stay zero, so training must leave them alone.
+FIXED_PARAMETERS: tuple[str, ...] = ("unembed.b_U",)
 
 
 class CheckpointError(ValueError):

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ class TrainResult:
     wall_time_s: float = 0.0
 
 
+@runtime_checkable
 class BatchSource(Protocol):
     """Yields the batches of one epoch; ``len`` is the number of batches per epoch."""
 
@@ -88,13 +89,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_parameters(model: torch.nn.Module, pattern: str | None) -> list[torch.nn.Parameter]:
+def select_parameters(model: torch.nn.Module, pattern: str | None,
+                      exclude: tuple[str, ...] = ()) -> list[torch.nn.Parameter]:
     """Parameters whose name matches the regex ``pattern`` (``re.search``); all of them when ``pattern`` is None.
+    Names in ``exclude`` never train (e.g. TransformerLens' ``unembed.b_U``, which GPT-NeoX does not have).
 
     The others get ``requires_grad=False`` so they stay bitwise unchanged (AdamW's weight decay never touches a
     parameter that is not handed to the optimiser).
     """
-    named = list(model.named_parameters())
+    named = [(name, parameter) for name, parameter in model.named_parameters()]
+    for name, parameter in named:
+        if name in exclude:
+            parameter.requires_grad_(False)
+    named = [(name, parameter) for name, parameter in named if name not in exclude]
     if pattern is None:
         for _, parameter in named:
             parameter.requires_grad_(True)
@@ -169,8 +176,9 @@ def train(model: torch.nn.Module, step_loss: Callable[[torch.nn.Module, Any], tu
                                     f"(epoch {epoch}); lower the learning rate or check the data. Nothing was saved.")
             (loss / config.grad_accum_steps).backward()
             micro += 1
-            for key, value in {"loss": float(loss.detach()), **metrics}.items():
-                accumulated[key] = accumulated.get(key, 0.0) + float(value) / config.grad_accum_steps
+            for key, value in {"loss": loss, **metrics}.items():
+                value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                accumulated[key] = accumulated.get(key, 0.0) + value / config.grad_accum_steps
             if micro % config.grad_accum_steps:
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else math.inf)
