@@ -129,7 +129,8 @@ def aligned_targets(tokenizer, text: str, anchored_terms: dict[str, str], max_le
         mapping.extend([-1] * (group_length - 1))
         substitutes_before.extend([list(used_substitutes)] * group_length)
         seen_terms.add(term)
-        used_substitutes.append(translation["input_ids"][k])
+        if translation["input_ids"][k] not in used_substitutes:
+            used_substitutes.append(translation["input_ids"][k])
         i, k = i + group_length, k + substitute_length
     cut = max_length
     return AlignedBlock(original["input_ids"][:cut], translation["input_ids"][:cut],
