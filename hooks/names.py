@@ -18,7 +18,8 @@ def mlp_post(layer: int) -> str:
 
 
 def mlp_in(layer: int) -> str:
-    """The MLP's input after LayerNorm (what ``W_in`` multiplies): ``ln2.hook_normalized`` in TransformerLens."""
+    """The MLP's LayerNorm output before its affine part: ``ln2.hook_normalized`` (TransformerLens 3.9 fires it on
+    ``x / scale``; what ``W_in`` multiplies is ``normalized * ln2.w + ln2.b``, or ``mlp.hook_pre`` after W_in)."""
     return f"blocks.{layer}.ln2.hook_normalized"
 
 

@@ -84,17 +84,36 @@ def mean_nll(logits: Float[Tensor, "batch pos vocab"], batch: TokenBatch) -> Flo
 
 
 class TextBatchSource:
-    """Batches of ``texts`` for the training loop, reshuffled every epoch from ``seed``."""
+    """Batches of ``texts`` for the training loop, reshuffled every epoch from ``seed``.
 
-    def __init__(self, tokenizer, texts: Sequence[str], batch_size: int, max_length: int = 512, seed: int = 0):
+    With ``group_by_length`` (pretraining), each epoch shuffles the texts, sorts them by length inside windows of
+    50 batches, cuts batches and shuffles the batch order: batches hold texts of similar length, so far less
+    compute goes into padding, while every epoch still sees a different mix.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], batch_size: int, max_length: int = 512, seed: int = 0,
+                 group_by_length: bool = False):
         if len(texts) == 0:
             raise ValueError("the training texts are empty: pass at least one text")
         self.tokenizer, self.texts = tokenizer, list(texts)
         self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.group_by_length = group_by_length
+        self._lengths = [len(text) for text in self.texts] if group_by_length else None
 
     def epoch(self, index: int) -> Iterator[TokenBatch]:
-        return iter_batches(self.tokenizer, self.texts, self.batch_size, self.max_length,
-                            shuffle_seed=self.seed * 100_003 + index)
+        seed = self.seed * 100_003 + index
+        if not self.group_by_length:
+            return iter_batches(self.tokenizer, self.texts, self.batch_size, self.max_length, shuffle_seed=seed)
+        rng = random.Random(seed)
+        order = list(range(len(self.texts)))
+        rng.shuffle(order)
+        window = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: self._lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return (tokenize(self.tokenizer, [self.texts[i] for i in batch], self.max_length) for batch in batches)
 
     def __len__(self) -> int:
         return -(-len(self.texts) // self.batch_size)

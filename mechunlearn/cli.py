@@ -196,7 +196,7 @@ def _cmd_diagnose(args) -> int:
     written = diagnose(base_dir, other_dir, out=Path(args.out), analyses=analyses, world=world,
                        forget_file=args.forget, retain_file=args.retain, max_samples=args.max_samples,
                        device=args.device, dtype=args.dtype, progress=not args.quiet,
-                       base_name=args.base_name, other_name=args.other_name)
+                       base_name=args.base_name, other_name=args.other_name, force=getattr(args, "force", False))
     for path in written:
         print(path)
     return 0
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--base-name", help="name of the base model in the output layout")
     diagnose.add_argument("--other-name", help="name of the other model in the output layout")
     diagnose.add_argument("--out", default="outputs")
+    diagnose.add_argument("--force", action="store_true", help="recompute analyses whose output already exists")
     _add_common(diagnose)
     diagnose.set_defaults(handler=_cmd_diagnose)
 

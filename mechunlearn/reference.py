@@ -33,7 +33,7 @@ from mechunlearn.training import TrainConfig, train
 __all__ = ["ModelShape", "PretrainRecipe", "RECIPES", "ReferenceKind", "REFERENCE_KINDS", "register_reference_kind",
            "cache_root", "pretrain", "reference_dir", "load_reference"]
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def cache_root() -> Path:
@@ -157,7 +157,7 @@ def _train_hf_model(world, recipe: PretrainRecipe, texts: list[str], forget_sour
     torch.manual_seed(recipe.train.seed)
     model = _new_model(world, recipe.shape)
     data = TextBatchSource(world.tokenizer, texts, recipe.train.batch_size, recipe.train.max_length,
-                           seed=recipe.train.seed)
+                           seed=recipe.train.seed, group_by_length=True)
     result = train(model, _nll_step, data, recipe.train, description=description)
     return model, result
 
