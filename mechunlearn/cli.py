@@ -139,7 +139,10 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
         return 0
     if not args.method:
         raise ValueError("name a method (mechunlearn unlearn METHOD) or pass --list to see them")
-    method = create(args.method, **_parse_extra_flags(extra))
+    preset = args.preset
+    if preset == "auto":
+        preset = "world" if args.model in ("base", "gold") and not (args.forget or args.retain) else None
+    method = create(args.method, preset=None if preset == "none" else preset, **_parse_extra_flags(extra))
     world, forget, retain = _unlearn_data(args)
     model_dir = resolve_model_dir(args.model, world, progress=not args.quiet)
     from mechunlearn.evals import evaluate_model
@@ -247,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--retain", help="retain texts (.txt or .jsonl)")
     unlearn.add_argument("--out", default="outputs", help="output root (runs go to OUT/unlearned_models/)")
     unlearn.add_argument("--force", action="store_true", help="rerun even if a finished run has the same key")
+    unlearn.add_argument("--preset", default="auto", help="hyper-parameter starting point: world (tuned for the "
+                         "embedded world's tiny models), none (the seed pipeline's defaults), or auto (world for "
+                         "--model base|gold on a world, else none)")
     _add_common(unlearn)
     unlearn.set_defaults(handler=_cmd_unlearn, takes_extra=True)
 

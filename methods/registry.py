@@ -52,7 +52,14 @@ def get_method(name: str) -> type[UnlearningMethod]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def create(name: str, **overrides: Any) -> UnlearningMethod:
-    """An instance of method ``name`` with its defaults, overridden by ``overrides`` (strings are parsed)."""
+def create(name: str, preset: str | None = None, **overrides: Any) -> UnlearningMethod:
+    """An instance of method ``name`` with its defaults, overridden by ``overrides`` (strings are parsed).
+
+    ``preset="world"`` starts from the hyper-parameters tuned for the embedded world's tiny models
+    (``mechunlearn.methods.presets``); explicit ``overrides`` still win.
+    """
+    from mechunlearn.methods.presets import preset_overrides
+
     method_class = get_method(name)
-    return method_class(method_class.Config.from_overrides(overrides, method=name))
+    values = {**preset_overrides(preset, name), **overrides}
+    return method_class(method_class.Config.from_overrides(values, method=name))
