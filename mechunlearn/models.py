@@ -28,6 +28,8 @@ import einops
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from mechunlearn.fast import accelerate
+
 __all__ = [
     "CheckpointError",
     "FIXED_PARAMETERS",
@@ -286,8 +288,12 @@ def attach_tokenizer(model: HookedTransformer, tokenizer) -> HookedTransformer:
 
 
 def from_hf(hf_model, tokenizer=None, *, device: str | torch.device = "auto",
-            dtype: str | torch.dtype = "auto") -> HookedTransformer:
-    """Wrap an in-memory ``GPTNeoXForCausalLM`` as a HookedTransformer with identical weights (copied)."""
+            dtype: str | torch.dtype = "auto", accelerated: bool = True) -> HookedTransformer:
+    """Wrap an in-memory ``GPTNeoXForCausalLM`` as a HookedTransformer with identical weights (copied).
+
+    ``accelerated`` swaps in ``mechunlearn.fast``'s fused attention / LayerNorm paths, which are taken only while
+    nothing hooks what they fuse away (every hook point keeps working); pass False for TransformerLens' own.
+    """
     if type(hf_model).__name__ != SUPPORTED_ARCHITECTURE:
         raise CheckpointError(f"expected a {SUPPORTED_ARCHITECTURE}, got {type(hf_model).__name__}")
     resolved_device = resolve_device(device)
@@ -298,6 +304,8 @@ def from_hf(hf_model, tokenizer=None, *, device: str | torch.device = "auto",
     model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
                                       center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
     model.to(resolved_device, print_details=False).to(resolved_dtype, print_details=False)
+    if accelerated:
+        accelerate(model)
     return attach_tokenizer(model, tokenizer)
 
 
@@ -327,12 +335,14 @@ def to_hf(model: HookedTransformer):
 
 
 def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-         *, allow_download: bool = False, n_ctx: int | None = None, tokenizer=None) -> HookedTransformer:
+         *, allow_download: bool = False, n_ctx: int | None = None, tokenizer=None,
+         accelerated: bool = True) -> HookedTransformer:
     """Load a GPT-NeoX checkpoint (directory or HF-cache name) as an unprocessed ``HookedTransformer``.
 
     ``n_ctx`` caps the positions TransformerLens precomputes rotary tables for (default: the checkpoint's
     ``max_position_embeddings``). The tokenizer saved beside the weights is attached when present; pass
-    ``tokenizer=`` to use another one (its vocabulary must fit the model).
+    ``tokenizer=`` to use another one (its vocabulary must fit the model). ``accelerated`` (default) swaps in
+    ``mechunlearn.fast``'s fused paths, which keep every hook point (see ``from_hf``).
     """
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
@@ -360,6 +370,8 @@ def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", d
                                       center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False, refactor_factored_attn_matrices=False)
     model.to(resolved_device, print_details=False).to(resolved_dtype, print_details=False)
+    if accelerated:
+        accelerate(model)
     return attach_tokenizer(model, tokenizer)
 
 
