@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -382,25 +380,14 @@ def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files:
     directory is written under a temporary name next to the target and renamed into place, so a failure never
     leaves a half-written checkpoint; an existing directory at the target is replaced.
     """
+    from mechunlearn.atomic import atomic_directory
+
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
     hf_model = to_hf(model)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         hf_model.save_pretrained(staging, safe_serialization=True)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mechunlearn.atomic import atomic_directory
 from mechunlearn.batching import TextBatchSource, logits_of, mean_nll
 from mechunlearn.training import TrainConfig, train
 
@@ -181,9 +180,7 @@ def pretrain(world, which: str = "base", *, forget_sources: Sequence[str] | None
     texts = kind.texts(world, forget_sources)
     trainer = kind.train_model or _train_hf_model
     model, result = trainer(world, recipe, texts, forget_sources, f"pretrain {which}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         world.tokenizer.save_pretrained(staging)
         summary = {"which": which, "description": kind.description, "world_hash": world.content_hash,
@@ -193,12 +190,6 @@ def pretrain(world, which: str = "base", *, forget_sources: Sequence[str] | None
                    "loss_history": [round(r["loss"], 5) for r in result.history],
                    "wall_time_s": round(result.wall_time_s, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (staging / "pretrain.json").write_text(json.dumps(summary, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -13,8 +13,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mechunlearn.atomic import atomic_directory
 from mechunlearn.batching import TokenBatch, iter_batches
 from mechunlearn.methods.base import UnlearnContext, UnlearningMethod
 from mechunlearn.training import TrainConfig, TrainResult, select_parameters, train
@@ -194,17 +193,9 @@ def run(method: UnlearningMethod, model_dir: str | os.PathLike, out_root: str | 
               "loss_history": result.training.history,
               "metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 2),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         models.save(model, staging / "model")
         (staging / "run.json").write_text(json.dumps(record, indent=2, default=_json_default))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

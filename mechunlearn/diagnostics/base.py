@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,22 +70,16 @@ class AnalysisResult:
                                   cells=dict(values=[frame[c].tolist() for c in frame.columns])))
 
     def save(self, directory: str | os.PathLike, html: bool = True) -> Path:
+        from mechunlearn.atomic import atomic_directory
+
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_directory(target) as staging:
             self.frame.to_csv(staging / f"{self.name}.csv", index=False)
             for table_name, table in self.tables.items():
                 table.to_csv(staging / f"{table_name}.csv", index=False)
             (staging / "summary.json").write_text(json.dumps(_json_safe(self.summary), indent=2))
             if html:
                 self.figure().write_html(staging / f"{self.name}.html", include_plotlyjs=True, full_html=True)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
 

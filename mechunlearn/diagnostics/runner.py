@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mechunlearn.batching import TokenBatch, iter_batches
+from mechunlearn.batching import iter_batches
 from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult, WeightAnalysis, get_analysis
 from mechunlearn.hooks import require_hook_names
 
