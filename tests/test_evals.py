@@ -61,6 +61,15 @@ def hf_continuation_logprobs(hf_model, tokenizer, context, continuation) -> np.n
     return np.array([logprobs[len(context_ids) + i - 1, token] for i, token in enumerate(continuation_ids)])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: on a shared, busy CPU two OpenMP threads thrash (up to ~20x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def toy(toy_model):
     return toy_model, toy_model.tokenizer
