@@ -54,6 +54,10 @@ def resolve_model_dir(spec: str, world=None, progress: bool = True) -> Path:
     return resolve_checkpoint_dir(spec)
 
 
+# Per-item lists kept in run.json but left out of the printed summary.
+_LONG_METRICS = ("generations", "forget_truth_ratios")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (default: auto)")
@@ -155,7 +159,8 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
     record = json.loads((run_dir / "run.json").read_text())
     metrics = record.get("metrics", {})
     print(json.dumps({"run": str(run_dir), "wall_time_s": record["wall_time_s"],
-                      "metrics": {k: v for k, v in metrics.items() if k != "generations"}}, indent=2, default=str))
+                      "metrics": {k: v for k, v in metrics.items() if k not in _LONG_METRICS}}, indent=2,
+                     default=str))
     if isinstance(metrics.get("collapse"), dict) and metrics["collapse"].get("collapsed"):
         print(f"WARNING: the unlearned model looks collapsed: {metrics['collapse'].get('reasons')}",
               file=sys.stderr)
@@ -184,7 +189,7 @@ def _cmd_eval(args) -> int:
     model = models.load(resolve_model_dir(args.model, world, progress=not args.quiet), device=args.device,
                         dtype=args.dtype)
     metrics = evaluate_model(model, world)
-    print(json.dumps(metrics, indent=2, default=str))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "forget_truth_ratios"}, indent=2, default=str))
     return 0
 
 
