@@ -63,7 +63,9 @@ def test_fused_runner_gives_the_same_numbers_as_each_analysis_alone(pair):
         alone = run_activation_analyses(build_analyses([name], OPTIONS), pair, SPLITS, batch_size=BATCH_SIZE,
                                         progress=False)[name]
         for fused_frame, alone_frame in zip(frames_of(fused[name]), frames_of(alone), strict=True):
-            pd.testing.assert_frame_equal(fused_frame, alone_frame, check_exact=False, rtol=1e-10)
+            # Not bit-exact: models load accelerated (mechunlearn.fast), and a hook another analysis puts on a
+            # LayerNorm switches that block to TransformerLens' own kernels, which round differently (~1e-8).
+            pd.testing.assert_frame_equal(fused_frame, alone_frame, check_exact=False, rtol=1e-6, atol=1e-9)
 
 
 def test_exactly_one_forward_pass_per_model_and_split(pair):
