@@ -1,10 +1,17 @@
 """Hyper-parameters tuned for the embedded world's tiny models.
 
 Method ``Config`` defaults are the seed pipeline's, chosen for 7B-class models (lr 1e-5, one epoch, batch 4,
-steering coefficient 20...). On the world's 4-layer, d_model-128 models those barely move the weights, so the
-demo and ``mechunlearn unlearn --model base`` (a world model) start from these overrides instead. Each value was
-chosen by the sweep recorded in docs/methods.md ("Tuning on the embedded world"); any flag given explicitly
-still wins.
+steering coefficient 20, alpha 100...). On the world's 4-layer, d_model-128 models those barely move the weights,
+so the demo and ``mechunlearn unlearn --model base`` (a world model) start from these overrides instead.
+
+How they were chosen: a hand-guided sweep on the default world (seed 0) from its pretrained base model, on the CPU
+(each run a few to ~40 seconds), evaluated with ``evaluate_model``. The target was the issue's bar: forget-unique
+cloze accuracy <= 0.20 while keeping retain cloze accuracy >= 0.9 x base's (base 0.829 -> 0.746), without the
+suite flagging a collapse; among passing settings the cheaper / less damaging one was kept. Met by ga, grad_diff, lat,
+npo, simnpo, rmu, cb, cb_lat and whp. ga_simple, dpo, wt_dist and wt_dist_reg did not reach it in the
+configurations tried; their values are the best trade-off found (see the notes). Every configuration tried, its
+metrics, and the results of these presets are in docs/methods.md ("Tuning on the embedded world"). Any value
+given explicitly still wins. For cb / cb_lat, ``steering_coeff`` has no effect (cosine loss).
 """
 
 from __future__ import annotations
@@ -12,19 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 WORLD_PRESET: dict[str, dict[str, Any]] = {
-    "ga_simple": dict(lr=1e-3, epochs=2, batch_size=8),
-    "ga": dict(lr=1e-3, epochs=3, batch_size=8),
-    "grad_diff": dict(lr=1e-3, epochs=3, batch_size=8),
-    "dpo": dict(lr=1e-3, epochs=3, batch_size=8),
-    "npo": dict(lr=1e-3, epochs=3, batch_size=8),
-    "simnpo": dict(lr=1e-3, epochs=3, batch_size=8),
-    "rmu": dict(lr=1e-3, epochs=3, batch_size=8, steering_coeff=5.0),
-    "cb": dict(lr=1e-3, epochs=3, batch_size=8),
-    "lat": dict(lr=1e-3, epochs=3, batch_size=8, lat_eps=0.5),
-    "cb_lat": dict(lr=1e-3, epochs=3, batch_size=8, lat_eps=0.5),
-    "wt_dist": dict(lr=1e-3, epochs=3, batch_size=8),
-    "wt_dist_reg": dict(lr=1e-3, epochs=3, batch_size=8, reg_lambda=0.1),
-    "whp": dict(lr=1e-3, epochs=3, batch_size=8),
+    "ga_simple": dict(lr=5e-4, epochs=2, batch_size=8),
+    "ga": dict(lr=1e-3, epochs=5, batch_size=8, retain_weight=7.0),
+    "grad_diff": dict(lr=1e-3, epochs=5, batch_size=8, forget_weight=0.14),
+    "dpo": dict(lr=1e-3, epochs=3, batch_size=8, beta=0.3),
+    "npo": dict(lr=1e-3, epochs=8, batch_size=8, beta=0.05, retain_weight=3.0),
+    "simnpo": dict(lr=1e-3, epochs=5, batch_size=8, retain_weight=7.5),
+    "rmu": dict(lr=3e-3, epochs=5, batch_size=8, steering_coeff=200.0, alpha=20.0),
+    "cb": dict(lr=3e-3, epochs=5, batch_size=8, steering_coeff=100.0, alpha=10.0),
+    "lat": dict(lr=1e-3, epochs=4, batch_size=8, retain_weight=1.25, lat_eps=0.5),
+    "cb_lat": dict(lr=3e-3, epochs=5, batch_size=8, steering_coeff=100.0, alpha=10.0, lat_eps=0.5),
+    "wt_dist": dict(lr=3e-3, epochs=20, batch_size=8, noise_std=0.13),
+    "wt_dist_reg": dict(lr=1e-3, epochs=5, batch_size=8, reg_lambda=0.03),
+    "whp": dict(lr=3e-3, epochs=8, batch_size=8, retain_weight=2.0, alpha=100.0),
 }
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"world": WORLD_PRESET}
