@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mechunlearn.batching import TokenBatch, logits_of, sequence_logprobs
+from mechunlearn.batching import TokenBatch
 from mechunlearn.methods.base import MethodConfig, UnlearningMethod
-from mechunlearn.methods.npo import check_positive, require_reference
+from mechunlearn.methods.npo import check_positive, policy_and_reference_logprobs, require_reference
 
 
 def dpo_loss(chosen_logp: Tensor, chosen_reference_logp: Tensor, rejected_logp: Tensor,
@@ -46,11 +45,8 @@ class DPO(UnlearningMethod):
         reference = require_reference(self)
         n = min(len(forget), len(retain))
         forget, retain = (TokenBatch(b.tokens[:n], b.mask[:n]) for b in (forget, retain))
-        rejected, forget_counts = sequence_logprobs(logits_of(model(forget.tokens)), forget)
-        chosen, retain_counts = sequence_logprobs(logits_of(model(retain.tokens)), retain)
-        with torch.no_grad():
-            rejected_ref, _ = sequence_logprobs(logits_of(reference(forget.tokens)), forget)
-            chosen_ref, _ = sequence_logprobs(logits_of(reference(retain.tokens)), retain)
+        rejected, rejected_ref, forget_counts = policy_and_reference_logprobs(model, reference, forget)
+        chosen, chosen_ref, retain_counts = policy_and_reference_logprobs(model, reference, retain)
         loss = dpo_loss(chosen, chosen_ref, rejected, rejected_ref, self.config.beta)
         return loss, {"forget_nll": -rejected.detach().sum() / forget_counts.sum().clamp(min=1),
                       "retain_nll": -chosen.detach().sum() / retain_counts.sum().clamp(min=1),

@@ -42,6 +42,15 @@ def require_reference(method: UnlearningMethod):
     return reference
 
 
+def policy_and_reference_logprobs(model, reference, batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed sequence log-probs of ``batch`` under the policy (with grad) and the frozen reference, and the
+    number of predicted tokens per sequence: what NPO and DPO both compare."""
+    policy, counts = sequence_logprobs(logits_of(model(batch.tokens)), batch)
+    with torch.no_grad():
+        reference_logp, _ = sequence_logprobs(logits_of(reference(batch.tokens)), batch)
+    return policy, reference_logp, counts
+
+
 @dataclass
 class NPOConfig(MethodConfig):
     beta: float = 0.1
@@ -62,9 +71,7 @@ class NPO(UnlearningMethod):
 
     def loss(self, model, forget, retain):
         reference = require_reference(self)
-        policy_logp, counts = sequence_logprobs(logits_of(model(forget.tokens)), forget)
-        with torch.no_grad():
-            reference_logp, _ = sequence_logprobs(logits_of(reference(forget.tokens)), forget)
+        policy_logp, reference_logp, counts = policy_and_reference_logprobs(model, reference, forget)
         forget_loss = npo_loss(policy_logp, reference_logp, self.config.beta)
         retain_nll = nll(model, retain)
         forget_nll = -policy_logp.detach().sum() / counts.sum().clamp(min=1)
