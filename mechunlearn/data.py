@@ -1,19 +1,20 @@
 """Shared data types (facts, probes, multiple-choice items) and loaders for users' own files.
 
 Every bad input raises :class:`DataError` (a ``ValueError``) whose message names the input (file, 1-based line
-number) and says how to fix it. Writers are atomic: they write a temporary file next to the target and
-``os.replace`` it, so a crash never leaves a half-written file behind.
+number) and says how to fix it. Writers are atomic (``mechunlearn.storage``), so a crash never leaves a
+half-written file behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mechunlearn.storage import atomic_write_bytes
 
 __all__ = [
     "Fact",
@@ -27,8 +28,6 @@ __all__ = [
     "save_jsonl",
     "jsonl_bytes",
     "read_jsonl",
-    "atomic_write_bytes",
-    "atomic_write_text",
 ]
 
 PathLike = str | os.PathLike
@@ -102,25 +101,6 @@ class DataError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def jsonl_bytes(records: Iterable[Mapping[str, Any]]) -> bytes:

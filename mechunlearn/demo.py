@@ -40,13 +40,13 @@ def run_demo(out: Path = Path("outputs/demo"), size: str = "default", device: st
     import pandas as pd
 
     from mechunlearn import models
-    from mechunlearn.cli import resolve_world
     from mechunlearn.diagnostics.study import diagnose
     from mechunlearn.evals import evaluate_model
     from mechunlearn.evals.truth_ratio import truth_ratios
     from mechunlearn.methods import create
     from mechunlearn.reference import pretrain
     from mechunlearn.unlearn import run
+    from mechunlearn.world import resolve_world
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -380,7 +380,7 @@ def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files:
     directory is written under a temporary name next to the target and renamed into place, so a failure never
     leaves a half-written checkpoint; an existing directory at the target is replaced.
     """
-    from mechunlearn.atomic import atomic_directory
+    from mechunlearn.storage import atomic_directory
 
     target = Path(directory)
     hf_model = to_hf(model)

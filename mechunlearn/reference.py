@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,22 +24,14 @@ from pathlib import Path
 
 import torch
 
-from mechunlearn.atomic import atomic_directory
+from mechunlearn.storage import atomic_directory, cache_root
 from mechunlearn.batching import TextBatchSource, logits_of, mean_nll
 from mechunlearn.training import TrainConfig, train
 
 __all__ = ["ModelShape", "PretrainRecipe", "RECIPES", "ReferenceKind", "REFERENCE_KINDS", "register_reference_kind",
-           "cache_root", "pretrain", "reference_dir", "load_reference"]
+           "pretrain", "reference_dir", "load_reference"]
 
 CACHE_VERSION = "2"
-
-
-def cache_root() -> Path:
-    """``$MECHUNLEARN_CACHE`` or ``~/.cache/mechunlearn`` (``$XDG_CACHE_HOME`` respected)."""
-    configured = os.environ.get("MECHUNLEARN_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "mechunlearn"
 
 
 @dataclass(frozen=True)

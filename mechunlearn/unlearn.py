@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mechunlearn.atomic import atomic_directory
+from mechunlearn.storage import atomic_directory
 from mechunlearn.batching import TokenBatch, iter_batches
 from mechunlearn.methods.base import UnlearnContext, UnlearningMethod
 from mechunlearn.training import TrainConfig, TrainResult, select_parameters, train

@@ -15,34 +15,19 @@ Adding an analysis is one file: subclass, set ``name``, and add one line to ``BU
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from mechunlearn.numeric import to_json
+
 __all__ = ["AnalysisResult", "Analysis", "WeightAnalysis", "ActivationAnalysis", "register_analysis",
            "get_analysis", "available_analyses", "ANALYSES", "BUILTIN_ANALYSES", "layer_of"]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, Tensor):
-        return _json_safe(value.tolist())
-    return value
 
 
 @dataclass
@@ -70,14 +55,14 @@ class AnalysisResult:
                                   cells=dict(values=[frame[c].tolist() for c in frame.columns])))
 
     def save(self, directory: str | os.PathLike, html: bool = True) -> Path:
-        from mechunlearn.atomic import atomic_directory
+        from mechunlearn.storage import atomic_directory
 
         target = Path(directory)
         with atomic_directory(target) as staging:
             self.frame.to_csv(staging / f"{self.name}.csv", index=False)
             for table_name, table in self.tables.items():
                 table.to_csv(staging / f"{table_name}.csv", index=False)
-            (staging / "summary.json").write_text(json.dumps(_json_safe(self.summary), indent=2))
+            (staging / "summary.json").write_text(json.dumps(to_json(self.summary), indent=2))
             if html:
                 self.figure().write_html(staging / f"{self.name}.html", include_plotlyjs=True, full_html=True)
         return target

@@ -23,7 +23,7 @@ Difference from the seed: the seed's tuned lens is an ``nn.Linear`` straight fro
 ours keeps the model's own read-out and learns only a d_model x d_model translator per layer (tuned-lens' design:
 far fewer parameters, and an identity at initialisation).
 
-Cache: a trained tuned lens is stored under ``mechunlearn.reference.cache_root()/tuned_lens/<key>``, ``key`` =
+Cache: a trained tuned lens is stored under ``mechunlearn.storage.cache_root()/tuned_lens/<key>``, ``key`` =
 SHA-256 of the model's state_dict bytes (every tensor's name, dtype, shape and bytes: cheap for the tiny world
 models, about 10 s for a 7B model) + the training settings + the training texts, so a second run loads it.
 """
@@ -270,7 +270,7 @@ def load_or_train_tuned_lens(model, texts: Sequence[str], *, steps: int = 300, l
     """
     from safetensors.torch import load_file, save_file
 
-    from mechunlearn.reference import cache_root
+    from mechunlearn.storage import cache_root
 
     settings = {"version": 1, "steps": steps, "lr": lr, "batch_size": batch_size, "max_length": max_length,
                 "seed": seed, "objective": "kl_final_to_lens", "texts": texts_digest(texts)}

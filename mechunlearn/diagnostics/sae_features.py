@@ -139,7 +139,7 @@ def fit_sae(model, texts: Sequence[str], hook_name: str | None = None, *, expans
     from sae_lens import SAE, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainerConfig
 
-    from mechunlearn.reference import cache_root
+    from mechunlearn.storage import cache_root
 
     hook_name = hook_name or default_hook_name(model)
     require_hook_names(model, [hook_name])

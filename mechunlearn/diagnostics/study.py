@@ -43,8 +43,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mechunlearn.data import atomic_write_text, load_mcq, load_texts
-from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, WeightAnalysis, _json_safe,
+from mechunlearn.data import load_mcq, load_texts
+from mechunlearn.numeric import to_python
+from mechunlearn.storage import write_json
+from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, WeightAnalysis,
                                           available_analyses, get_analysis)
 from mechunlearn.diagnostics.runner import RunStats, build_analyses, check_comparable, run_analyses
 
@@ -344,7 +346,7 @@ def _evaluate(model, model_name: str, world, splits, items, mcq_from_files: bool
     from mechunlearn.evals import evaluate_model
 
     given = {"mcq_forget": items.get("forget"), "mcq_general": items.get("retain")} if mcq_from_files else {}
-    metrics = _json_safe(evaluate_model(model, world, forget_texts=splits["forget"],
+    metrics = to_python(evaluate_model(model, world, forget_texts=splits["forget"],
                                         retain_texts=splits["retain"], **(given | user)))
     scalars = {key: value for key, value in metrics.items()
                if value is None or isinstance(value, (int, float, str, bool))}
@@ -391,4 +393,4 @@ def _write_manifest(path: Path, header: dict[str, Any], records: dict[str, dict[
     analyses = dict(previous.get("analyses", {}))
     analyses.update(records)
     manifest = {**header, "analyses": analyses, "last_run": last_run}
-    atomic_write_text(path, json.dumps(_json_safe(manifest), indent=2))
+    write_json(path, manifest)

@@ -28,7 +28,6 @@ all):
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from mechunlearn.evals.familiarity import familiarity_completion, familiarity_pr
 from mechunlearn.evals.generation import detect_collapse, generate_samples
 from mechunlearn.evals.mcq import CLOZE_FORMAT, QA_FORMAT, mcq_chance, mcq_table
 from mechunlearn.evals.nll import nll_per_token, resolve_tokenizer
+from mechunlearn.numeric import to_python
 from mechunlearn.evals.truth_ratio import forget_quality_test, truth_ratio_stats, truth_ratios
 
 __all__ = ["evaluate_model", "default_prompts", "CATEGORIES"]
@@ -74,22 +74,6 @@ def _mcq(value, domain: str):
 
 def _prefix(text: str, words: int = 5) -> str:
     return " ".join(text.split()[:words])
-
-
-def _json_safe(value):
-    """NaN / inf -> None, numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 def default_prompts(world=None, forget_sources=None, *, forget_texts=None, retain_texts=None,
@@ -253,4 +237,4 @@ def evaluate_model(model, world=None, *, forget_sources=None, tokenizer=None, fo
                                          retain_nll=result["retain_nll"], reference_retain_nll=reference_retain_nll)
     result["collapsed"] = result["collapse"]["collapsed"]
     result["eval_seconds"] = time.perf_counter() - started
-    return _json_safe(result)
+    return to_python(result)

@@ -7,7 +7,7 @@
 See :mod:`mechunlearn.world.core` for the forget / retain split and how categories are defined.
 """
 
-from mechunlearn.world.build import build_world, load_world
+from mechunlearn.world.build import build_world, load_world, resolve_world
 from mechunlearn.world.core import DOMAINS, World
 from mechunlearn.world.generator import (
     COLOURS,
@@ -27,6 +27,7 @@ from mechunlearn.world.tokenizer import EOS_TOKEN, PAD_TOKEN, load_tokenizer, sa
 __all__ = [
     "build_world",
     "load_world",
+    "resolve_world",
     "World",
     "DOMAINS",
     "PRESETS",

@@ -15,7 +15,7 @@ from mechunlearn.world.probes import probe_records
 from mechunlearn.world.render import TEMPLATES, filler_documents, render, render_source_documents, template_words
 from mechunlearn.world.tokenizer import save_tokenizer, train_bpe
 
-__all__ = ["build_world", "load_world"]
+__all__ = ["build_world", "load_world", "resolve_world"]
 
 
 def build_world(size: str = "micro", seed: int = 0, out: str | os.PathLike | None = None,
@@ -56,3 +56,22 @@ def load_world(directory: str | os.PathLike) -> World:
     directory = Path(directory).resolve()
     _, files = store.read_tree(directory)
     return world_from_files(files, directory / "tokenizer")
+
+
+def resolve_world(spec: str | os.PathLike | None = None, seed: int = 0) -> World:
+    """A world from a saved directory, or a size preset (``micro``, ``default``) built once into the cache
+    (``mechunlearn.storage.cache_root()/worlds/SIZE-seedN``) and loaded from there afterwards."""
+    from mechunlearn.storage import cache_root
+    from mechunlearn.world.generator import PRESETS
+
+    spec = str(spec) if spec is not None else "default"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_world(path)
+    if spec in PRESETS:
+        target = cache_root() / "worlds" / f"{spec}-seed{seed}"
+        if (target / "manifest.json").is_file():
+            return load_world(target)
+        return build_world(size=spec, seed=seed, out=target)
+    raise ValueError(f"world {spec!r} is neither a world directory nor a size preset "
+                     f"({', '.join(PRESETS)}); build one with `mechunlearn world build --out DIR`")

@@ -1,0 +1,5 @@
+import sys
+
+from mechunlearn.cli import main
+
+sys.exit(main())
