@@ -80,3 +80,56 @@ def test_atomic_writes_are_group_readable_and_leave_nothing_on_error(tmp_path):
             raise RuntimeError("boom")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "single.txt"]
+
+
+# ------------------------------------------------------------------------------------------ stats (intervals)
+def test_bootstrap_interval_matches_a_hand_computed_percentile_bootstrap():
+    from mechunlearn.stats import bootstrap_interval
+
+    values = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0] * 4, dtype=float)
+    interval = bootstrap_interval(values, n_resamples=4000, seed=3)
+    # independent: numpy resampling with another generator; percentile bounds agree within Monte-Carlo error
+    rng = np.random.default_rng(12345)
+    means = values[rng.integers(0, values.size, size=(20000, values.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert interval.mean == pytest.approx(values.mean())
+    assert interval.low == pytest.approx(low, abs=0.03) and interval.high == pytest.approx(high, abs=0.03)
+    assert interval.n == values.size
+    assert bootstrap_interval(values, seed=3) == bootstrap_interval(values, seed=3)  # deterministic
+    degenerate = bootstrap_interval(np.ones(7))
+    assert (degenerate.low, degenerate.high, degenerate.n) == (1.0, 1.0, 7)
+    assert bootstrap_interval([]).n == 0 and math.isnan(bootstrap_interval([]).mean)
+
+
+def test_seed_interval_is_students_t():
+    from scipy import stats as scipy_stats
+
+    from mechunlearn.stats import seed_interval
+
+    values = [0.1, 0.3, 0.2]
+    interval = seed_interval(values)
+    half = scipy_stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
+    assert interval.mean == pytest.approx(0.2) and interval.high - interval.mean == pytest.approx(half)
+    single = seed_interval([0.4])
+    assert single.mean == 0.4 and math.isnan(single.low) and single.n == 1
+
+
+def test_paired_difference_exact_sign_flip_p_value():
+    from itertools import product
+
+    from mechunlearn.stats import Interval, paired_difference
+
+    a = np.array([1, 1, 1, 1, 1, 0, 1, 1], dtype=float)
+    b = np.array([0, 0, 1, 0, 0, 0, 1, 0], dtype=float)
+    result = paired_difference(a, b)
+    # exact two-sided sign-flip test enumerated by hand: 2^8 sign patterns of the differences
+    differences = a - b
+    observed = abs(differences.mean())
+    flips = [abs((differences * np.array(signs)).mean()) for signs in product([1, -1], repeat=differences.size)]
+    exact = np.mean([f >= observed - 1e-12 for f in flips])
+    assert result.p_value == pytest.approx(exact)
+    assert result.difference.mean == pytest.approx(0.625)
+    assert paired_difference(a, a).p_value == 1.0
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference(a, b[:3])
+    assert Interval.from_dict(to_json(result.difference.to_dict())) == result.difference
