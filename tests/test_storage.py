@@ -133,3 +133,15 @@ def test_paired_difference_exact_sign_flip_p_value():
     with pytest.raises(ValueError, match="same items"):
         paired_difference(a, b[:3])
     assert Interval.from_dict(to_json(result.difference.to_dict())) == result.difference
+
+
+def test_environment_records_versions_threads_and_seeds():
+    from importlib import metadata
+
+    from mechunlearn.provenance import environment
+
+    record = environment(device="cpu", dtype=torch.float32, seeds=[0, 1])
+    assert record["versions"]["torch"] == metadata.version("torch")
+    assert record["torch_threads"] == torch.get_num_threads() and record["seeds"] == [0, 1]
+    assert record["dtype"] == "float32" and record["device"] == "cpu"
+    json.dumps(record)
