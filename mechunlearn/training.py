@@ -171,15 +171,18 @@ class TrainableWeights:
     def __init__(self, named_parameters: Sequence[tuple[str, torch.nn.Parameter]]):
         self.names = [name for name, _ in named_parameters]
         self.working = [parameter for _, parameter in named_parameters]
-        self.masters: list[Tensor] = []
-        for parameter in self.working:
-            if parameter.dtype in LOW_PRECISION:
-                self.masters.append(parameter.detach().float().clone().requires_grad_(True))
-            else:
-                self.masters.append(parameter)
+        self._masters: list[Tensor] | None = None
         self._handles: list[Any] = []
         self._probes: list[tuple[Tensor, Tensor]] = []
-        self.reset_probes()
+
+    @property
+    def masters(self) -> list[Tensor]:
+        """The fp32 master of every trained parameter, made on first use (so a method's own set-up, e.g. WHP's
+        reinforced model, runs before the 4 bytes per parameter of the copies exist)."""
+        if self._masters is None:
+            self._masters = [parameter.detach().float().clone().requires_grad_(True)
+                             if parameter.dtype in LOW_PRECISION else parameter for parameter in self.working]
+        return self._masters
 
     @classmethod
     def of(cls, model: torch.nn.Module, parameters: Iterable[torch.nn.Parameter] | None = None) -> "TrainableWeights":
@@ -195,7 +198,7 @@ class TrainableWeights:
     @property
     def mixed(self) -> bool:
         """Whether any trained parameter is low precision (so masters are separate copies)."""
-        return any(master is not working for master, working in zip(self.masters, self.working))
+        return any(parameter.dtype in LOW_PRECISION for parameter in self.working)
 
     @property
     def working_dtypes(self) -> list[str]:
@@ -207,7 +210,9 @@ class TrainableWeights:
     @torch.no_grad()
     def write_back(self) -> None:
         """Round every master into its low-precision working parameter (nearest; a no-op for fp32)."""
-        for master, working in zip(self.masters, self.working):
+        if self._masters is None:  # no master made yet: the parameters are the truth
+            return
+        for master, working in zip(self._masters, self.working):
             if master is not working:
                 working.copy_(master)
 
@@ -222,7 +227,7 @@ class TrainableWeights:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for master, working in zip(self.masters, self.working):
+        for master, working in zip(self._masters or [], self.working):
             if master is not working:
                 working.grad = None
 
@@ -391,12 +396,12 @@ def _precision_record(weights: TrainableWeights, skipped: int, description: str)
     if skipped:
         warnings.warn(f"{description}: fp16 loss scaling skipped {skipped} optimiser step(s) whose gradients "
                       "overflowed (see 'skipped' in the history); load the model in bf16 or fp32 to avoid it",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
     master, model = record["moved_fraction_master"], record["moved_fraction_model"]
     if weights.mixed and master > 0 and model < 0.5 * master:
         dtypes = "/".join(weights.working_dtypes)
         warnings.warn(f"{description}: {master:.0%} of the trained weights moved in the fp32 master copy but only "
                       f"{model:.0%} differ in the {dtypes} model: most updates are smaller than {dtypes} can "
                       "represent and are lost when written back. Train longer or with a larger learning rate, or "
-                      "load the model with dtype='fp32' to keep them.", RuntimeWarning, stacklevel=3)
+                      "load the model with dtype='fp32' to keep them.", RuntimeWarning, stacklevel=4)
     return record
