@@ -159,14 +159,14 @@ class TrainableWeights:
     user loaded (same dtype, same ``cfg.dtype``, same numerics in every hook, in the evals and in its frozen
     reference copy, so a policy equals its reference bit for bit at step 0), the frozen weights cost nothing extra,
     and autocast's per-op casting rules would make hooked activations a mix of dtypes. The memory is the same
-    (see docs/methods.md, "Precision and memory").
+    (docs/methods.md, "The shared loop: precision, memory, hooks and randomness").
 
     Code that edits weights directly (weight noise, a distance to the start) works on ``masters`` and then calls
     ``write_back``; gradients that reach a master directly (a loss term computed from it) add to those that come
     from the working copy.
     """
 
-    _SAMPLE = 4096  # elements per tensor watched for "did the weight move" (cheap, unbiased for the fraction)
+    _SAMPLE = 4096  # elements per tensor watched for "did the weight move" (a cheap, size-weighted estimate)
 
     def __init__(self, named_parameters: Sequence[tuple[str, torch.nn.Parameter]]):
         self.names = [name for name, _ in named_parameters]
@@ -237,7 +237,8 @@ class TrainableWeights:
         self._probes = []
         for master in self.masters:
             flat = master.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), self._SAMPLE), device=flat.device).long()
+            count = min(flat.numel(), self._SAMPLE)  # evenly spaced, in integers (exact for any tensor size)
+            index = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
             self._probes.append((index, flat[index].float().clone()))
 
     @torch.no_grad()
