@@ -1,4 +1,9 @@
-"""Change activations at hook points: add a (learnable) perturbation, steer along a direction, scale."""
+"""Change activations at hook points: add a (learnable) perturbation, steer along a direction, scale.
+
+Every factory moves its tensors to the activation's device and dtype inside the hook, so one hook serves a model
+on any device and in any precision (a direction computed on the CPU in fp32 steers a bf16 model on CUDA). The cast
+is differentiable: a ``delta`` that requires grad (LAT's adversary, a soft prompt) still receives its gradient.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechunlearn.hooks.names import require_hook_names
+
+
+def _like(tensor: Tensor, activation: Tensor) -> Tensor:
+    return tensor.to(device=activation.device, dtype=activation.dtype)
 
 
 def add_delta(delta: Float[Tensor, "... d"], mask: Tensor | None = None):
@@ -22,9 +31,10 @@ def add_delta(delta: Float[Tensor, "... d"], mask: Tensor | None = None):
         perturbation = delta
         if perturbation.dim() == activation.dim() and perturbation.shape[1] != activation.shape[1]:
             perturbation = perturbation[:, : activation.shape[1]]
+        perturbation = _like(perturbation, activation)
         if mask is not None:
-            perturbation = perturbation * mask[:, : activation.shape[1], None].to(activation.dtype)
-        return activation + perturbation.to(activation.dtype)
+            perturbation = perturbation * _like(mask[:, : activation.shape[1], None], activation)
+        return activation + perturbation
 
     return hook_fn
 
@@ -41,7 +51,7 @@ def steer(direction: Float[Tensor, " d"], coefficient: float = 1.0):
     """A hook adding ``coefficient * direction`` at every position (activation steering)."""
 
     def hook_fn(activation: Tensor, hook) -> Tensor:
-        return activation + coefficient * direction.to(activation.dtype)
+        return activation + coefficient * _like(direction, activation)
 
     return hook_fn
 
@@ -50,6 +60,6 @@ def scale_activation(factor: float | Tensor):
     """A hook multiplying the activation by ``factor`` (a scalar or a tensor broadcast over the last axis)."""
 
     def hook_fn(activation: Tensor, hook) -> Tensor:
-        return activation * factor
+        return activation * (_like(factor, activation) if isinstance(factor, Tensor) else factor)
 
     return hook_fn

@@ -231,12 +231,23 @@ def hf_config_from_hooked(model: HookedTransformer):
 
 
 # ----------------------------------------------------------------------------------------------------- weight mapping
+def _require_attention_biases(hf_config: dict[str, Any], hf_model=None) -> None:
+    """GPT-NeoX checkpoints with ``attention_bias: false`` have no ``b_Q/b_K/b_V/b_O`` to map."""
+    missing = hf_config.get("attention_bias", True) is False
+    if hf_model is not None:
+        attention = hf_model.gpt_neox.layers[0].attention
+        missing = missing or attention.query_key_value.bias is None or attention.dense.bias is None
+    if missing:
+        raise CheckpointError("checkpoints without attention biases (attention_bias: false in config.json) are not "
+                              "supported yet: TransformerLens' GPT-NeoX layout needs b_Q, b_K, b_V and b_O; use a "
+                              "checkpoint with biases (every Pythia / deep-ignorance model has them)")
+
+
 def _hooked_state_dict_from_hf(hf_model, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
     from transformer_lens.pretrained.weight_conversions import convert_neox_weights
 
+    _require_attention_biases(hf_model.config.to_dict(), hf_model)  # before the conversion trips over them
     state_dict = convert_neox_weights(hf_model, cfg)
-    if hf_model.gpt_neox.layers[0].attention.query_key_value.bias is None:  # attention_bias=False checkpoints
-        raise CheckpointError("checkpoints without attention biases are not supported yet")
     if getattr(hf_model.config, "tie_word_embeddings", False):
         state_dict["unembed.W_U"] = hf_model.gpt_neox.embed_in.weight.T
     # convert_neox_weights returns views of the HF parameters; copy so the two models never share storage.
@@ -307,13 +318,16 @@ def from_hf(hf_model, tokenizer=None, *, device: str | torch.device = "auto",
     return attach_tokenizer(model, tokenizer)
 
 
-def to_hf(model: HookedTransformer):
-    """A ``GPTNeoXForCausalLM`` (fp32, CPU) with the same weights as the hooked model."""
+def to_hf(model: HookedTransformer, dtype: str | torch.dtype | None = None):
+    """A ``GPTNeoXForCausalLM`` on the CPU with the same weights as the hooked model, in ``dtype`` (default fp32;
+    ``save`` passes the model's own dtype)."""
     from transformers import GPTNeoXForCausalLM
     from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
 
+    target_dtype = torch.float32 if dtype is None else resolve_dtype(dtype)
     config = hf_config_from_hooked(model)
-    state_dict = {name: tensor.float().cpu() for name, tensor in _hf_state_dict_from_hooked(model).items()}
+    config.dtype = target_dtype
+    state_dict = {name: tensor.to("cpu", target_dtype) for name, tensor in _hf_state_dict_from_hooked(model).items()}
     with torch.device("meta"):  # skip random initialisation: every weight is assigned below
         hf_model = GPTNeoXForCausalLM(config)
     unembed_name = "lm_head.weight" if hasattr(hf_model, "lm_head") else "embed_out.weight"
@@ -332,6 +346,28 @@ def to_hf(model: HookedTransformer):
     return hf_model.eval()
 
 
+def _read_weights(checkpoint_dir: Path):
+    """``GPTNeoXForCausalLM.from_pretrained`` (fp32, offline, safetensors only); a file that cannot be read gives
+    one ``CheckpointError`` naming it instead of a deserialisation traceback."""
+    from safetensors import SafetensorError
+    from transformers import GPTNeoXForCausalLM
+
+    try:
+        return GPTNeoXForCausalLM.from_pretrained(
+            checkpoint_dir, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            dtype=torch.float32, output_loading_info=True)
+    except SafetensorError as error:
+        files = ", ".join(sorted(path.name for path in checkpoint_dir.glob("*.safetensors")))
+        raise CheckpointError(f"{checkpoint_dir}: the weights ({files}) cannot be read: {error}. The file is corrupt "
+                              "or incomplete (an interrupted download or copy?): download or save it again") from error
+    except RuntimeError as error:
+        if "size mismatch" not in str(error) and "mismatched_sizes" not in str(error):
+            raise
+        raise CheckpointError(f"{checkpoint_dir}: the weights do not fit config.json (a tensor's shape differs from "
+                              "the one config.json describes; transformers' log above names it): is config.json the "
+                              "one saved with these weights?") from error
+
+
 def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
          *, allow_download: bool = False, n_ctx: int | None = None, tokenizer=None,
          accelerated: bool = True) -> HookedTransformer:
@@ -342,7 +378,7 @@ def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", d
     ``tokenizer=`` to use another one (its vocabulary must fit the model). ``accelerated`` (default) swaps in
     ``mechunlearn.fast``'s fused paths, which keep every hook point (see ``from_hf``).
     """
-    from transformers import AutoTokenizer, GPTNeoXForCausalLM
+    from transformers import AutoTokenizer
 
     checkpoint_dir = resolve_checkpoint_dir(path_or_name, allow_download=allow_download)
     config_dict = _read_config(checkpoint_dir)
@@ -350,9 +386,8 @@ def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", d
         found = ", ".join(sorted(p.name for p in checkpoint_dir.iterdir())) or "nothing"
         raise CheckpointError(f"{checkpoint_dir} has no *.safetensors weights (found: {found}); mechunlearn reads "
                               "safetensors only: convert with transformers' save_pretrained(safe_serialization=True)")
-    hf_model, loading_info = GPTNeoXForCausalLM.from_pretrained(
-        checkpoint_dir, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-        dtype=torch.float32, output_loading_info=True)
+    _require_attention_biases(config_dict)
+    hf_model, loading_info = _read_weights(checkpoint_dir)
     if loading_info.get("missing_keys"):
         missing = sorted(loading_info["missing_keys"])
         raise CheckpointError(f"{checkpoint_dir} lacks weights {missing[:4]}{'...' if len(missing) > 4 else ''}; "
@@ -376,6 +411,8 @@ def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", d
 def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` as an HF ``GPTNeoXForCausalLM`` directory (config.json, model.safetensors, tokenizer).
 
+    The weights are written in the model's own dtype (a model loaded in bf16 is saved in bf16, with
+    ``"dtype": "bfloat16"`` in config.json), so a bf16 checkpoint does not double in size after unlearning.
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads it back with the same logits. The
     directory is written under a temporary name next to the target and renamed into place, so a failure never
     leaves a half-written checkpoint; an existing directory at the target is replaced.
@@ -383,7 +420,7 @@ def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files:
     from mechunlearn.storage import atomic_directory
 
     target = Path(directory)
-    hf_model = to_hf(model)
+    hf_model = to_hf(model, dtype=next(model.parameters()).dtype)  # the dtype it was loaded (and trained) in
     with atomic_directory(target) as staging:
         hf_model.save_pretrained(staging, safe_serialization=True)
         if model.tokenizer is not None:

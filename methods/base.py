@@ -99,6 +99,10 @@ class UnlearnContext:
     world: Any = None  # the embedded world when unlearning one of its models (anchored terms for WHP)
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
+    # The parameters that train, with their fp32 masters (``mechunlearn.training.TrainableWeights``); a method that
+    # edits weights directly (noise, a distance to the start) works on these, never on a bf16 parameter.
+    weights: Any = None
+    max_length: int | None = None  # config.max_length capped at the model's n_ctx (None: use config.max_length)
 
 
 class UnlearningMethod:
@@ -134,7 +138,35 @@ class UnlearningMethod:
         raise NotImplementedError
 
     def after_step(self, model, step: int) -> None:
-        """Called after every optimiser step (projections, constraints)."""
+        """Called after every optimiser step, once the model holds the new weights (projections, constraints).
+
+        Edit weights through ``self.trainable_weights(model)`` (their fp32 ``masters``), then ``write_back()``:
+        in a bf16 model an edit of the parameter itself would be overwritten by the master at the next step.
+        """
+
+    def release(self) -> None:
+        """Drop what only training needed (the frozen reference, the fp32 masters), so holding on to the method
+        after ``unlearn`` does not hold a model copy; the shared loop calls it when training ends."""
+        if self.context is not None:
+            self.context.reference = None
+            self.context.weights = None
+
+    def trainable_weights(self, model):
+        """The weights that train (``TrainableWeights``: names, parameters, fp32 masters): the shared loop's, or,
+        when the method is used on its own, built from ``trainable_pattern`` with the package's one selector."""
+        if self.context is not None and self.context.weights is not None:
+            return self.context.weights
+        from mechunlearn.models import FIXED_PARAMETERS
+        from mechunlearn.training import TrainableWeights, select_parameters
+
+        return TrainableWeights(select_parameters(model, self.trainable_pattern(model), exclude=FIXED_PARAMETERS))
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the method tokenizes: ``config.max_length`` capped at the model's context."""
+        if self.context is not None and self.context.max_length is not None:
+            return self.context.max_length
+        return self.config.max_length
 
 
 def nll(model, batch: TokenBatch, fwd_hooks: list | None = None) -> Tensor:

@@ -2,7 +2,7 @@
 
 seed 003: ``cb_lat``
   1. inner loop: LAT's adversary — PGD on δ at the middle target layer minimising the forget NLL,
-     ``||δ||_∞ <= lat_eps`` (``_representation.latent_adversary``, the same code LAT runs);
+     ``||δ||_∞ <= lat_eps`` (``adversary.latent_adversary``, the same code LAT runs);
   2. outer loop: the Circuit Breaker loss (``circuit_breakers``), with the forget activations collected while
      the frozen δ is injected and the retain activations without it:
      ``L = sum_l [-cos(h_l^forget(δ), c·r̂_l) + alpha · (1 - cos(h_l^retain, h_l^cached))]``.
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mechunlearn.methods._representation import AdversaryConfig, AdversaryMixin, ReroutingConfig, layer_activations
+from mechunlearn.methods.adversary import AdversaryConfig, AdversaryMixin
 from mechunlearn.methods.circuit_breakers import CircuitBreakers
+from mechunlearn.methods.layers import layer_activations
+from mechunlearn.methods.rerouting import ReroutingConfig
 
 __all__ = ["CBLAT", "CBLATConfig"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from mechunlearn.methods._representation import ReroutingConfig, ReroutingMethod, rerouting_loss, token_cosine
+from mechunlearn.methods.rerouting import ReroutingConfig, ReroutingMethod, rerouting_loss, token_cosine
 
 __all__ = ["CircuitBreakers", "CircuitBreakersConfig", "circuit_breaker_loss", "rerouting_term", "anchor_term"]
 

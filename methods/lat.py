@@ -10,7 +10,7 @@ seed 003: ``lat``
 Where this differs, and why:
 
 * ``layer_ids`` defaults to the middle layers (seed: 5-6-7 of 32); mid = the middle of them (the lower middle
-  for an even count, so δ reaches the later target layers): ``_representation.adversary_layer``.
+  for an even count, so δ reaches the later target layers): ``adversary.adversary_layer``.
 * The inner loop is sign-gradient L∞ PGD (Madry et al.) from δ = 0 with step ``lat_lr`` (default
   ``2.5 · lat_eps / lat_steps``), δ masked to real tokens, and the lowest-NLL iterate kept (so δ never makes
   recall worse than no δ). Casper et al. / Sheshadri et al. optimise δ with Adam under an L2 bound; the seed
@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechunlearn.hooks import adding, resid_post
-from mechunlearn.methods._representation import AdversaryConfig, AdversaryMixin, LayeredMethod, check_config
+from mechunlearn.methods.adversary import AdversaryConfig, AdversaryMixin
 from mechunlearn.methods.base import nll
+from mechunlearn.methods.layers import LayeredMethod, check_config
 
 __all__ = ["LAT", "LATConfig"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mechunlearn.methods._representation import ReroutingConfig, ReroutingMethod, rerouting_loss, token_mse
+from mechunlearn.methods.rerouting import ReroutingConfig, ReroutingMethod, rerouting_loss, token_mse
 
 __all__ = ["RMU", "RMUConfig", "rmu_loss", "default_trainable"]
 

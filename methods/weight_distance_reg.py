@@ -4,6 +4,9 @@ while maximising the squared L2 distance from the pretrained weights.
 seed 003: ``wt_dist_reg``  L = NLL_retain - λ ||θ - θ_pretrained||²₂  (λ = ``reg_lambda``, default 0.1).
 θ_pretrained is a detached copy, taken at setup, of exactly the parameters that train (``trainable``, minus
 ``unembed.b_U``); the distance is summed over them in float32. The term is unbounded below, as in the seed.
+Both θ and θ_pretrained are the fp32 master weights (``context.weights``): in a bf16 model the rounded parameter
+would sit exactly on θ_pretrained until an update crossed half a bf16 step, so the distance and its gradient
+would stay zero.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import torch
 
 from mechunlearn.methods.base import MethodConfig, UnlearningMethod, nll
 from mechunlearn.methods.npo import check_non_negative
-from mechunlearn.methods.weight_distortion import trainable_named_parameters
 
 
 @dataclass
@@ -34,8 +36,11 @@ class WeightDistanceReg(UnlearningMethod):
 
     def setup(self, model, context) -> None:
         super().setup(model, context)
-        self.anchors = [(p, p.detach().clone()) for _, p in
-                        trainable_named_parameters(model, self.trainable_pattern(model))]
+        self.anchors = [(master, master.detach().clone()) for master in self.trainable_weights(model).masters]
+
+    def release(self) -> None:
+        super().release()
+        self.anchors = []
 
     def distance(self) -> torch.Tensor:
         """||θ - θ_pretrained||²₂ over the trained parameters (differentiable)."""

@@ -15,7 +15,9 @@
 Targets: hard argmax labels by default. The paper fine-tunes on the generic predictions as labels ("the
 generic prediction ... serves as the target label"), i.e. hard next-token labels, which is what we default to;
 ``soft_targets=True`` uses the full generic distribution (KL) instead, which keeps more of the base model's
-uncertainty and is gentler on tiny models.
+uncertainty and is gentler on tiny models. Only what the loss needs is kept: an int64 label per token (hard), or
+the aligned token ids plus the reinforced model, the distributions computed per batch (soft); never a
+``[tokens, vocab]`` table per text. Generic logits are computed in float32 whatever the model's dtype.
 
 Differences from the paper: anchored terms come from the world's dictionary (the paper builds ~1,500 with GPT-4);
 the reinforced model is trained with the shared loop on the forget texts only; no retain data is used unless
@@ -174,31 +176,37 @@ class WHP(UnlearningMethod):
         return dict(world.anchored_terms)
 
     def train_reinforced(self, model):
-        """The base model trained further on the forget texts (a frozen copy is returned)."""
-        from mechunlearn.training import TrainConfig, train
+        """The base model trained further on the forget texts (a frozen copy is returned).
+
+        It trains through the shared loop, so a bf16 model's reinforced copy learns through fp32 master weights
+        like every other run."""
+        from mechunlearn.models import FIXED_PARAMETERS
+        from mechunlearn.training import TrainConfig, select_parameters, train
         from mechunlearn.unlearn import frozen_copy
 
         reinforced = frozen_copy(model)
-        for name, parameter in reinforced.named_parameters():
-            parameter.requires_grad_(name != "unembed.b_U")
+        trainable = select_parameters(reinforced, None, exclude=FIXED_PARAMETERS)
+        for _, parameter in trainable:
+            parameter.requires_grad_(True)
+        device = self.context.device
         data = TextBatchSource(self.context.tokenizer, self.context.forget_texts, self.config.batch_size,
-                               self.config.max_length, seed=self.config.seed)
+                               self.max_length, seed=self.config.seed)
         config = TrainConfig(lr=self.config.reinforce_lr, epochs=self.config.reinforce_epochs,
-                             batch_size=self.config.batch_size, max_length=self.config.max_length,
+                             batch_size=self.config.batch_size, max_length=self.max_length,
                              eval_split=0.0, seed=self.config.seed, progress=self.context.progress)
-        train(reinforced, lambda m, batch: (mean_nll(logits_of(m(batch.tokens.to(self.context.device))),
-                                                     batch.to(self.context.device)), {}),
-              data, config, description="whp reinforce")
+        train(reinforced, lambda m, batch: (mean_nll(logits_of(m(batch.tokens.to(device))), batch.to(device)), {}),
+              data, config, parameters=[parameter for _, parameter in trainable], description="whp reinforce")
         for parameter in reinforced.parameters():
             parameter.requires_grad_(False)
         return reinforced.eval()
 
     @torch.no_grad()
-    def _targets_for(self, block: AlignedBlock, reference, reinforced) -> tuple[Tensor, Tensor]:
-        """Generic target distributions (logits) for each original position, and the mask of positions kept."""
+    def generic_targets(self, block: AlignedBlock, reference, reinforced) -> tuple[Tensor, Tensor]:
+        """Generic logits ``[length, vocab]`` (float32) at every original position, and the mask of positions
+        kept in the loss (row ``j - 1`` predicts original token ``j``)."""
         device = self.context.device
-        v_reinforced = reinforced(torch.tensor([block.original_ids], device=device))[0]
-        v_base_translated = reference(torch.tensor([block.translated_ids], device=device))[0]
+        v_reinforced = logits_of(reinforced(torch.tensor([block.original_ids], device=device)))[0].float()
+        v_base_translated = logits_of(reference(torch.tensor([block.translated_ids], device=device)))[0].float()
         length = len(block.original_ids)
         targets = torch.zeros_like(v_reinforced)
         keep = torch.zeros(length, dtype=torch.bool, device=device)
@@ -214,39 +222,63 @@ class WHP(UnlearningMethod):
         return targets, keep
 
     def setup(self, model, context) -> None:
+        """Align every forget text with its translation and keep only what the loss needs: the hard generic labels
+        (``[tokens]`` int64 per text, -100 where left out) by default; with ``soft_targets`` the aligned blocks and
+        the reinforced model, so each batch's generic distributions are computed when it comes (two extra forward
+        passes per text) instead of holding a ``[tokens, vocab]`` float32 table per text (~100 GB for 1k texts of
+        512 tokens over a 50k vocabulary)."""
         super().setup(model, context)
         anchored = self._anchored_terms()
         reinforced = self.train_reinforced(model)
-        self._targets: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        self._labels: dict[tuple[int, ...], Tensor] = {}
+        self._blocks: dict[tuple[int, ...], AlignedBlock] = {}
         skipped = 0
         for text in context.forget_texts:
-            block = aligned_targets(context.tokenizer, text, anchored, self.config.max_length)
+            block = aligned_targets(context.tokenizer, text, anchored, self.max_length)
             if block is None or len(block.original_ids) < 2:
                 skipped += 1
                 continue
-            self._targets[tuple(block.original_ids)] = self._targets_for(block, context.reference, reinforced)
-        if not self._targets:
+            key = tuple(block.original_ids)
+            if self.config.soft_targets:
+                self._blocks[key] = block
+            else:
+                targets, keep = self.generic_targets(block, context.reference, reinforced)
+                self._labels[key] = targets.argmax(-1).masked_fill(~keep, -100).cpu()
+        if not (self._labels or self._blocks):
             raise ValueError("whp: no forget text could be aligned with its anchored translation")
         self.skipped_blocks = skipped
-        del reinforced
+        self._reinforced = reinforced if self.config.soft_targets else None
+
+    def release(self) -> None:
+        super().release()
+        self._reinforced = None
+
+    def _row_loss(self, predicted: Tensor, key: tuple[int, ...]) -> tuple[Tensor, int] | None:
+        """Summed loss of one forget text's logits ``[length, vocab]`` against its generic targets, and its count."""
+        if self.config.soft_targets:
+            block = self._blocks.get(key)
+            if block is None:
+                return None
+            targets, keep = self.generic_targets(block, self.context.reference, self._reinforced)
+            loss = F.kl_div(F.log_softmax(predicted[keep].float(), -1), F.log_softmax(targets[keep], -1),
+                            log_target=True, reduction="sum")
+            return loss, int(keep.sum())
+        labels = self._labels.get(key)
+        if labels is None:
+            return None
+        labels = labels.to(predicted.device)
+        loss = F.cross_entropy(predicted.float(), labels, ignore_index=-100, reduction="sum")
+        return loss, int((labels != -100).sum())
 
     def loss(self, model, forget, retain):
         logits = logits_of(model(forget.tokens))
         losses, counts = [], 0
         for row in range(forget.tokens.shape[0]):
             key = tuple(forget.tokens[row, forget.mask[row]].tolist())
-            if key not in self._targets:
-                continue
-            targets, keep = self._targets[key]
-            length = targets.shape[0]
-            predicted = logits[row, :length][keep]
-            generic = targets[keep]
-            if self.config.soft_targets:
-                losses.append(F.kl_div(F.log_softmax(predicted.float(), -1), F.log_softmax(generic.float(), -1),
-                                       log_target=True, reduction="sum"))
-            else:
-                losses.append(F.cross_entropy(predicted.float(), generic.argmax(-1), reduction="sum"))
-            counts += int(keep.sum())
+            row_loss = self._row_loss(logits[row, : len(key)], key)
+            if row_loss is not None:
+                losses.append(row_loss[0])
+                counts += row_loss[1]
         if not losses:
             zero = logits.sum() * 0.0
             return zero, {"generic_loss": 0.0}

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from mechunlearn.batching import tokenize
 from mechunlearn.methods import create
-from mechunlearn.methods._representation import (adversary_layer, default_layers, latent_adversary,
-                                                 layer_activations, random_targets)
+from mechunlearn.methods.adversary import adversary_layer, latent_adversary
+from mechunlearn.methods.layers import default_layers, layer_activations
+from mechunlearn.methods.rerouting import random_targets
 from mechunlearn.methods.base import UnlearnContext
 from mechunlearn.methods.circuit_breakers import circuit_breaker_loss
 from mechunlearn.methods.rmu import default_trainable, rmu_loss

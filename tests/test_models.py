@@ -184,3 +184,34 @@ def test_bad_device_and_dtype():
         models.resolve_dtype("fp8")
     with pytest.raises(ValueError, match="device"):
         models.resolve_device("tpu")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_is_one_checkpoint_error(tmp_path, neox_factory, damage):
+    neox_factory().save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00" * 64, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\) cannot be read.*corrupt or incomplete"):
+        models.load(tmp_path / "ckpt", device="cpu")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, neox_factory):
+    neox_factory(intermediate=128).save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(CheckpointError, match="do not fit config.json"):
+        models.load(tmp_path / "ckpt", device="cpu")
+
+
+def test_missing_attention_biases_get_the_friendly_error(tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, attention_bias=False)
+    hf_model = GPTNeoXForCausalLM(config)
+    hf_model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="without attention biases"):
+        models.load(tmp_path / "ckpt", device="cpu")
+    with pytest.raises(CheckpointError, match="without attention biases"):
+        models.from_hf(hf_model, device="cpu")

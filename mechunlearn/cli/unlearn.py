@@ -38,6 +38,7 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
     record = json.loads((run_dir / "run.json").read_text())
     metrics = record.get("metrics", {})
     print(json.dumps({"run": str(run_dir), "wall_time_s": record["wall_time_s"],
+                      "load_dtype": record.get("load_dtype"), "precision": record.get("precision"),
                       "metrics": {k: v for k, v in metrics.items() if k not in LONG_METRICS}}, indent=2,
                      default=str))
     if isinstance(metrics.get("collapse"), dict) and metrics["collapse"].get("collapsed"):
