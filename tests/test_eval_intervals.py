@@ -189,7 +189,7 @@ def test_a_gold_record_with_undefined_and_missing_ratios(micro_world, micro_base
     record["forget_truth_ratios"][1] = None
     model = models.load(micro_base_dir, device="cpu")
     result = evals.evaluate_model(model, micro_world, gold_truth_ratios=record, generation_prompts=[],
-                                  forget_entities=[])
+                                  forget_entities=[], max_texts=4)
     mine = np.asarray(evaluation.metrics["forget_truth_ratios"])
     theirs = np.asarray(gold["forget_truth_ratios"])
     expected = stats.ks_2samp(mine[2:], theirs[2:]).pvalue
@@ -199,7 +199,7 @@ def test_a_gold_record_with_undefined_and_missing_ratios(micro_world, micro_base
     assert result["forget_quality_reason"] is None
     record["forget_truth_ratios"] = [None] * len(mine)
     result = evals.evaluate_model(model, micro_world, gold_truth_ratios=record, generation_prompts=[],
-                                  forget_entities=[])
+                                  forget_entities=[], max_texts=4)
     assert math.isnan(result["forget_quality"]) and "no fact has a defined" in result["forget_quality_reason"]
     assert "forget_quality" not in result["intervals"]
     assert to_json(result)["forget_quality"] == "undefined"

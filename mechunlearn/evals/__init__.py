@@ -53,6 +53,8 @@ from mechunlearn.evals.truth_ratio import (
     truth_ratios,
 )
 
+tables = item_tables  # the name docs/study.md gives the per-item tables
+
 __all__ = [
     "nll_per_token",
     "nll_table",
@@ -89,5 +91,6 @@ __all__ = [
     "evaluate_model",
     "Evaluation",
     "item_tables",
+    "tables",
     "default_prompts",
 ]

@@ -133,15 +133,24 @@ class Evaluation:
     metrics: dict
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
+    def write(self, directory: str | os.PathLike) -> Path:
+        """``metrics.json`` and one ``{name}.csv`` per non-empty table into ``directory`` (e.g. a study step's
+        staging folder), each file written atomically."""
+        from mechunlearn.storage import atomic_write_text, write_json
+
+        directory = Path(directory)
+        write_json(directory / "metrics.json", self.metrics)
+        for name, table in self.tables.items():
+            if table is not None and not table.empty:
+                atomic_write_text(directory / f"{name}.csv", table.to_csv(index=False))
+        return directory
+
     def save(self, directory: str | os.PathLike) -> Path:
-        """``metrics.json`` and one ``{name}.csv`` per non-empty table, written atomically as one directory."""
-        from mechunlearn.storage import atomic_directory, write_json
+        """``write`` into a fresh ``directory``, atomically as a whole (an existing one is replaced)."""
+        from mechunlearn.storage import atomic_directory
 
         with atomic_directory(directory) as staging:
-            write_json(staging / "metrics.json", self.metrics)
-            for name, table in self.tables.items():
-                if table is not None and not table.empty:
-                    table.to_csv(staging / f"{name}.csv", index=False)
+            self.write(staging)
         return Path(directory)
 
 
