@@ -10,7 +10,7 @@ the same items with ``mcq_table`` on the HookedTransformer loaded from the same 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,9 @@ def lm_eval_samples(exported, datasets):
     try:
         model = HFLM(pretrained=str(exported), device="cpu", batch_size=32, dtype="float32")
         output = lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=TaskManager(include_defaults=False),
-                                         num_fewshot=0, log_samples=True, bootstrap_iters=0)
+                                         num_fewshot=0, log_samples=True, bootstrap_iters=0,
+                                         # leave the session's global RNGs alone (lm-eval reseeds them by default)
+                                         random_seed=None, numpy_random_seed=None, torch_random_seed=None)
     finally:
         torch.set_num_threads(threads)
     return {name: sorted(samples, key=lambda sample: sample["doc_id"]) for name, samples in output["samples"].items()}
@@ -135,7 +137,7 @@ def test_users_files_agree_with_lm_eval(exported, datasets, lm_eval_samples, tas
     model = models.load(exported, device="cpu")
     items = load_mcq(datasets["paths"][file], domain="forget")
     if file == "wmdp":
-        items = [MCQItem(**{**vars(item), "subject": "biology"}) for item in items]
+        items = [dataclasses.replace(item, subject="biology") for item in items]
     prompt_format = QA_FORMAT if mcq_format == "cloze" else None
     ours = mcq_table(model, model.tokenizer, items, mcq_format=mcq_format, prompt_format=prompt_format)
     agree = _compare(ours, lm_eval_samples[task], items, mcq_format, prompt_format=prompt_format)

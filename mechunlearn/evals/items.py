@@ -25,7 +25,7 @@ import pandas as pd
 from mechunlearn.data import load_mcq
 from mechunlearn.evals.cloze import cloze_table, summarize_cloze_table
 from mechunlearn.evals.intervals import mean_interval
-from mechunlearn.evals.mcq import MCQ_FORMATS, QA_FORMAT, mcq_by_subject, mcq_chance, mcq_table
+from mechunlearn.evals.mcq import MCQ_FORMATS, QA_FORMAT, mcq_by_subject, mcq_table
 from mechunlearn.evals.nll import resolve_tokenizer
 from mechunlearn.evals.truth_ratio import truth_ratio_statistic, truth_ratio_values, truth_ratios
 
