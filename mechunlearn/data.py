@@ -73,7 +73,12 @@ class ClozeProbe:
 
 @dataclass(frozen=True)
 class MCQItem:
-    """A 4-way (or n-way) multiple-choice question; ``answer`` indexes ``choices``."""
+    """A 4-way (or n-way) multiple-choice question; ``answer`` indexes ``choices``.
+
+    ``subject``: the MMLU-style subject ("high_school_biology"; empty when the file names none). It selects
+    lm-evaluation-harness' description line ("The following are multiple choice questions (with answers) about
+    high school biology.") and the per-subject accuracies.
+    """
 
     question: str
     choices: tuple[str, ...]
@@ -81,6 +86,7 @@ class MCQItem:
     domain: str = "general"
     category: str = "none"
     fact_id: str = ""
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,10 +199,13 @@ def _parse_json_line(path: Path, line_number: int, line: str) -> dict[str, Any]:
 
 
 def load_mcq(path: PathLike, domain: str = "general") -> list[MCQItem]:
-    """Load multiple-choice questions in the WMDP / MMLU layout.
+    """Load multiple-choice questions in the WMDP / MMLU layout (the Hugging Face ``cais/wmdp`` and ``cais/mmlu``
+    files as JSON Lines).
 
-    ``.jsonl``, one object per line: ``{"question": str, "choices": [str, ...], "answer": int | "A".."Z"}``.
-    ``answer`` is the 0-based index into ``choices`` or a letter ("A" = 0). Every item gets ``domain``.
+    ``.jsonl``, one object per line: ``{"question": str, "choices": [str, ...], "answer": int | "A".."Z"}``,
+    optionally ``"subject": str`` (MMLU) and ``"id": str | int``. ``answer`` is the 0-based index into ``choices``
+    or a letter ("A" = 0), as lm-evaluation-harness' files give it. Every item gets ``domain``; its ``fact_id``
+    is the record's ``id`` or ``"FILE:LINE"``. Other fields are ignored.
     """
     path = Path(path)
     if path.suffix.lower() != ".jsonl":
@@ -213,23 +222,43 @@ def load_mcq(path: PathLike, domain: str = "general") -> list[MCQItem]:
         if not line.strip():
             continue
         record = _parse_json_line(path, line_number, line)
-        where = f"{path}, line {line_number}"
-        for field in ("question", "choices", "answer"):
-            if field not in record:
-                raise DataError(
-                    f'{where}: missing the "{field}" field; each line needs '
-                    '{"question": str, "choices": [str, ...], "answer": int or letter}'
-                )
-        question, choices = record["question"], record["choices"]
-        if not isinstance(question, str):
-            raise DataError(f'{where}: "question" must be a string, got {type(question).__name__}')
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise DataError(f'{where}: "choices" must be a list of at least 2 strings')
-        answer = _answer_index(record["answer"], len(choices), where)
-        items.append(MCQItem(question=question, choices=tuple(choices), answer=answer, domain=domain))
+        items.append(_mcq_item(record, domain, f"{path}, line {line_number}", f"{path.name}:{line_number}"))
     if not items:
         raise DataError(f"{path} is empty: it holds no questions; put at least one question line in it")
     return items
+
+
+def _mcq_item(record: dict[str, Any], domain: str, where: str, default_id: str) -> MCQItem:
+    for field in ("question", "choices", "answer"):
+        if field not in record:
+            raise DataError(
+                f'{where}: missing the "{field}" field; each line needs '
+                '{"question": str, "choices": [str, ...], "answer": int or letter}'
+            )
+    question, choices = record["question"], record["choices"]
+    if not isinstance(question, str):
+        raise DataError(f'{where}: "question" must be a string, got {type(question).__name__}')
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise DataError(f'{where}: "choices" must be a list of strings, got {json.dumps(choices)[:80]}')
+    if len(choices) < 2:
+        raise DataError(f'{where}: "choices" holds {len(choices)} choice(s); a question needs at least 2')
+    if len(choices) > 26:
+        raise DataError(f'{where}: "choices" holds {len(choices)} choices; at most 26 (letters A..Z) are supported')
+    empty = [index for index, choice in enumerate(choices) if not choice.strip()]
+    if empty:
+        raise DataError(f'{where}: choice {empty[0]} is empty; every choice needs some text')
+    subject = record.get("subject", "")
+    if subject is None:
+        subject = ""
+    if not isinstance(subject, str):
+        raise DataError(f'{where}: "subject" must be a string such as "anatomy", got {type(subject).__name__} '
+                        f"{json.dumps(subject)[:40]}")
+    identifier = record.get("id", default_id)
+    if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
+        raise DataError(f'{where}: "id" must be a string or an integer, got {type(identifier).__name__}')
+    answer = _answer_index(record["answer"], len(choices), where)
+    return MCQItem(question=question, choices=tuple(choices), answer=answer, domain=domain,
+                   fact_id=str(identifier), subject=subject.strip())
 
 
 def _answer_index(answer: Any, n_choices: int, where: str) -> int:

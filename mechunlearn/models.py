@@ -293,7 +293,19 @@ def attach_tokenizer(model: HookedTransformer, tokenizer) -> HookedTransformer:
         raise CheckpointError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary holds "
                               f"{model.cfg.d_vocab}: use the tokenizer the checkpoint was trained with")
     model.set_tokenizer(tokenizer, default_padding_side="right")
+    # TransformerLens swaps in a reloaded copy that prepends BOS by default; `save` writes the tokenizer as given,
+    # so an exported checkpoint tokenizes as the original did for transformers / lm-eval users (who call it with
+    # its defaults) instead of shifting every input by a BOS the model never saw in training.
+    model._mechunlearn_tokenizer_as_given = (model.tokenizer, tokenizer)
     return model
+
+
+def _tokenizer_to_save(model: HookedTransformer):
+    """The tokenizer as the user attached it, unless ``model.tokenizer`` was replaced since."""
+    attached = getattr(model, "_mechunlearn_tokenizer_as_given", None)
+    if attached is not None and attached[0] is model.tokenizer:
+        return attached[1]
+    return model.tokenizer
 
 
 def from_hf(hf_model, tokenizer=None, *, device: str | torch.device = "auto",
@@ -424,7 +436,7 @@ def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files:
     with atomic_directory(target) as staging:
         hf_model.save_pretrained(staging, safe_serialization=True)
         if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(staging)
+            _tokenizer_to_save(model).save_pretrained(staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
     return target

@@ -75,8 +75,38 @@ def test_mcq_wmdp_layout_with_int_and_letter_answers(tmp_path: Path) -> None:
     path = write(tmp_path / "wmdp.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
     items = load_mcq(path, domain="forget")
     assert [i.answer for i in items] == [2, 3, 1]
-    assert items[0] == MCQItem(question="Q1?", choices=("a", "b", "c", "d"), answer=2, domain="forget")
-    assert all(i.domain == "forget" for i in items)
+    assert items[0] == MCQItem(question="Q1?", choices=("a", "b", "c", "d"), answer=2, domain="forget",
+                               fact_id="wmdp.jsonl:1")
+    assert all(i.domain == "forget" for i in items) and items[2].fact_id == "wmdp.jsonl:3"
+
+
+def test_mcq_mmlu_layout_with_subject_and_id(tmp_path: Path) -> None:
+    rows = [{"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 1, "subject": "high_school_biology",
+             "id": 17},
+            {"question": "R?", "choices": ["a", "b"], "answer": "A", "subject": None}]
+    items = load_mcq(write(tmp_path / "mmlu.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert items[0].subject == "high_school_biology" and items[0].fact_id == "17"
+    assert items[1].subject == "" and items[1].fact_id == "mmlu.jsonl:2"
+
+
+@pytest.mark.parametrize("record,expected", [
+    ({"question": "Q?", "choices": ["a", "b"], "answer": 0, "subject": 3}, '"subject" must be a string'),
+    ({"question": "Q?", "choices": ["a", "b"], "answer": 0, "subject": ["bio"]}, '"subject" must be a string'),
+    ({"question": "Q?", "choices": ["only"], "answer": 0}, "at least 2"),
+    ({"question": "Q?", "choices": [], "answer": 0}, "at least 2"),
+    ({"question": "Q?", "choices": "abcd", "answer": 0}, "list of strings"),
+    ({"question": "Q?", "choices": ["a", 2], "answer": 0}, "list of strings"),
+    ({"question": "Q?", "choices": ["a", " "], "answer": 0}, "choice 1 is empty"),
+    ({"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": "AB"}, "not a valid letter"),
+    ({"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 1.0}, "integer index or a letter"),
+    ({"question": "Q?", "choices": ["a", "b"], "answer": 0, "id": [1]}, '"id" must be'),
+])
+def test_mcq_bad_fields_name_file_and_line(tmp_path: Path, record, expected) -> None:
+    good = json.dumps({"question": "ok", "choices": ["a", "b"], "answer": 0})
+    path = write(tmp_path / "wmdp.jsonl", good + "\n\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=expected) as error:
+        load_mcq(path)
+    assert "wmdp.jsonl, line 3" in str(error.value)
 
 
 @pytest.mark.parametrize("answer", [4, -1, "E", True])

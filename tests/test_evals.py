@@ -359,8 +359,13 @@ def test_evaluate_model_without_world(toy, toy_texts, tmp_path):
     assert result["forget_nll"] == pytest.approx(evals.nll_per_token(model, tokenizer, subsample), rel=1e-6)
     assert result["mcq_forget_chance"] == pytest.approx(1 / 3) and result["mcq_general_chance"] == 0.25
     assert result["mcq_forget_acc"] in (0.0, 1.0)
+    assert result["mcq_forget_format"] == result["mcq_general_format"] == "letters"  # users' files: lm-eval's form
+    # not computed is None (no world: no Truth Ratio, forget quality, probability familiarity), with no interval
     assert result["forget_truth_ratios"] is None and result["forget_quality"] is None
+    assert result["forget_quality_reason"] is None and "forget_quality" not in result["intervals"]
     assert 0.0 <= result["familiarity_completion"] <= 1.0 and result["familiarity_prob"] is None
+    assert set(result["intervals"]) == {"forget_nll", "retain_nll", "mcq_forget_acc", "mcq_general_acc",
+                                        "familiarity_completion", "familiarity_completion_answer"}
     assert len(result["generations"]) == 5 and {"kind", "prompt", "completion"} <= set(result["generations"][0])
     assert isinstance(result["collapsed"], bool)
 
@@ -404,3 +409,4 @@ def test_evaluate_model_on_the_micro_world(micro_world, micro_base, micro_gold):
     assert base["cloze/retain/all"] > 0.5 and gold["cloze/retain/all"] > 0.5
     assert not base["collapsed"] and not gold["collapsed"], (base["collapse"], gold["collapse"])
     assert base["eval_seconds"] < 30
+

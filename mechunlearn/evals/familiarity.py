@@ -25,13 +25,12 @@ import math
 import re
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from mechunlearn.evals.generation import generate_samples
 from mechunlearn.evals.nll import continuation_logprobs
 
-__all__ = ["mentions", "familiarity_completion", "familiarity_probability"]
+__all__ = ["mentions", "familiarity_completion", "familiarity_probability", "familiarity_probability_table"]
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -67,20 +66,37 @@ def familiarity_completion(model, tokenizer, prompts: Sequence, entities: Sequen
     return float(table["familiar"].mean()), table
 
 
+def familiarity_probability_table(model, tokenizer, probes: Sequence, entities: Sequence[str] | None = None,
+                                  batch_size: int = 64) -> pd.DataFrame:
+    """One row per cloze probe whose answer (stripped) is one of ``entities`` (every probe when None):
+    ``fact_id, domain, category, prompt, answer, logprob`` (log P(answer | prompt)), ``prob`` (its exp) and
+    ``token_prob`` (the geometric mean of the answer's token probabilities)."""
+    columns = ["fact_id", "domain", "category", "prompt", "answer", "logprob", "prob", "token_prob"]
+    wanted = None if entities is None else set(entities)
+    chosen = [p for p in probes if wanted is None or p.answer.strip() in wanted]
+    if not chosen:
+        return pd.DataFrame(columns=columns)
+    scored = continuation_logprobs(model, tokenizer, [(p.prompt, p.answer) for p in chosen], batch_size)
+    rows = []
+    for probe, (logprobs, _) in zip(chosen, scored):
+        total, mean = float(logprobs.sum()), float(logprobs.mean())
+        rows.append({"fact_id": getattr(probe, "fact_id", ""), "domain": getattr(probe, "domain", ""),
+                     "category": getattr(probe, "category", ""), "prompt": probe.prompt, "answer": probe.answer,
+                     "logprob": total, "prob": math.exp(total), "token_prob": math.exp(mean)})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def familiarity_probability(model, tokenizer, probes: Sequence, entities: Sequence[str] | None = None,
                             batch_size: int = 64) -> dict:
     """Probability-based familiarity over the cloze ``probes`` whose answer (stripped) is one of ``entities``
     (every probe when ``entities`` is None).
 
     Returns ``{"prob": mean P(answer | prompt), "logprob": mean log P(answer | prompt), "token_prob": mean
-    per-token probability (geometric mean over the answer's tokens), "count": probes scored}``; NaNs and
-    ``count == 0`` when no probe qualifies.
+    per-token probability (geometric mean over the answer's tokens), "count": probes scored}``; with no probe
+    qualifying, the means are NaN (undefined: a mean over nothing) and ``count == 0``.
     """
-    chosen = [p for p in probes if entities is None or p.answer.strip() in set(entities)]
-    if not chosen:
+    table = familiarity_probability_table(model, tokenizer, probes, entities, batch_size)
+    if table.empty:
         return {"prob": math.nan, "logprob": math.nan, "token_prob": math.nan, "count": 0}
-    scored = continuation_logprobs(model, tokenizer, [(p.prompt, p.answer) for p in chosen], batch_size)
-    sums = np.array([float(logprobs.sum()) for logprobs, _ in scored])
-    means = np.array([float(logprobs.mean()) for logprobs, _ in scored])
-    return {"prob": float(np.mean(np.exp(sums))), "logprob": float(np.mean(sums)),
-            "token_prob": float(np.mean(np.exp(means))), "count": len(chosen)}
+    return {"prob": float(table["prob"].mean()), "logprob": float(table["logprob"].mean()),
+            "token_prob": float(table["token_prob"].mean()), "count": len(table)}

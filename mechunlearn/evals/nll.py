@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
+import pandas as pd
 import torch
 
 from mechunlearn.batching import iter_batches, logits_of, sequence_logprobs
 
-__all__ = ["nll_per_token", "continuation_logprobs", "model_device", "context_length", "resolve_tokenizer",
-           "eval_mode", "pad_id"]
+__all__ = ["nll_per_token", "nll_table", "continuation_logprobs", "model_device", "context_length",
+           "resolve_tokenizer", "check_same_vocabulary", "TokenizerMismatch", "eval_mode", "pad_id"]
+
+
+class TokenizerMismatch(ValueError):
+    """A tokenizer does not belong to the model it would score; the message names both and the fix."""
 
 
 def model_device(model) -> torch.device:
@@ -37,13 +42,78 @@ def context_length(model, default: int = 2048) -> int:
     return default
 
 
-def resolve_tokenizer(model, tokenizer=None):
-    """``tokenizer`` if given, else the one attached to the model (HookedTransformer.tokenizer)."""
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+def _describe(tokenizer) -> str:
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return f"{name!r} ({len(tokenizer)} tokens)"
+
+
+def _vocabulary(tokenizer) -> dict[str, int]:
+    """``tokenizer.get_vocab()`` (added tokens included), cached on the tokenizer per vocabulary size: a 50k
+    vocabulary costs milliseconds to build and the evals ask for it on every call."""
+    cached = getattr(tokenizer, "_mechunlearn_vocabulary", None)
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    vocabulary = dict(tokenizer.get_vocab())
+    try:
+        tokenizer._mechunlearn_vocabulary = (len(tokenizer), vocabulary)
+    except AttributeError:  # a tokenizer class with __slots__: no cache, still correct
+        pass
+    return vocabulary
+
+
+def check_same_vocabulary(expected, other, *, expected_name: str, other_name: str) -> None:
+    """Raise :class:`TokenizerMismatch` unless ``other`` maps every token string to the same id as ``expected``.
+
+    The vocabularies themselves are compared (token -> id, added tokens included), not only their sizes: two
+    BPEs of the same size give different ids to the same text.
+    """
+    if other is expected:
+        return
+    mine, theirs = _vocabulary(expected), _vocabulary(other)
+    if mine == theirs:
+        return
+    differing = sorted(token for token in mine.keys() ^ theirs.keys())[:3] or sorted(
+        token for token in mine if mine[token] != theirs[token])[:3]
+    raise TokenizerMismatch(
+        f"{other_name} {_describe(other)} does not match {expected_name} {_describe(expected)}: their "
+        f"vocabularies differ (e.g. {', '.join(repr(t) for t in differing)}), so the model would read other token "
+        "ids than it was trained on. Score a checkpoint with its own tokenizer: drop the other tokenizer, or for "
+        "a model not trained on the world pass your own data (--forget/--retain/--mcq-forget/--mcq-general) "
+        "instead of the world")
+
+
+def resolve_tokenizer(model, tokenizer=None, *, tokenizer_name: str = "the given tokenizer"):
+    """The tokenizer to score ``model`` with: the model's own (``HookedTransformer.tokenizer``) when it has one,
+    else ``tokenizer``.
+
+    When both exist they must hold the same vocabulary (:func:`check_same_vocabulary`), else
+    :class:`TokenizerMismatch` naming both. A tokenizer for a model without one (a transformers model) must at
+    least fit its vocabulary size.
+    """
+    own = getattr(model, "tokenizer", None)
+    if own is not None:
+        if tokenizer is not None:
+            check_same_vocabulary(own, tokenizer, expected_name="the model's own tokenizer",
+                                  other_name=tokenizer_name)
+        return own
     if tokenizer is None:
         raise ValueError("no tokenizer: pass tokenizer=..., or attach one to the model "
                          "(mechunlearn.models.attach_tokenizer)")
+    vocab_size = _model_vocab_size(model)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise TokenizerMismatch(f"{tokenizer_name} {_describe(tokenizer)} holds more tokens than the model's "
+                                f"vocabulary ({vocab_size}): use the tokenizer the checkpoint was trained with")
     return tokenizer
+
+
+def _model_vocab_size(model) -> int | None:
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and getattr(cfg, "d_vocab", None):
+        return int(cfg.d_vocab)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "vocab_size", None):
+        return int(config.vocab_size)
+    return None
 
 
 def pad_id(tokenizer) -> int:
@@ -66,6 +136,26 @@ def eval_mode(model) -> Iterator[None]:
         model.train(was_training)
 
 
+def nll_table(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512
+              ) -> pd.DataFrame:
+    """One row per text (empty texts skipped): ``text_index`` (position in ``texts``), ``nll_sum`` (summed NLL of
+    its predicted tokens) and ``n_tokens`` (how many were predicted). See ``nll_per_token`` for tokenization."""
+    tokenizer = resolve_tokenizer(model, tokenizer)
+    kept = [index for index, text in enumerate(texts) if text]
+    if not kept:
+        raise ValueError("no texts to score: pass at least one non-empty text")
+    max_length = min(max_length, context_length(model))
+    device = model_device(model)
+    sums, counts = [], []
+    with eval_mode(model):
+        for batch in iter_batches(tokenizer, [texts[i] for i in kept], batch_size, max_length):
+            batch = batch.to(device)
+            summed, predicted = sequence_logprobs(logits_of(model(batch.tokens)), batch)
+            sums += (-summed.double()).cpu().tolist()
+            counts += predicted.cpu().tolist()
+    return pd.DataFrame({"text_index": kept, "nll_sum": sums, "n_tokens": [int(c) for c in counts]})
+
+
 def nll_per_token(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512) -> float:
     """Mean negative log-likelihood per predicted token, pooled over all tokens of all ``texts``.
 
@@ -73,22 +163,11 @@ def nll_per_token(model, tokenizer, texts: Sequence[str], batch_size: int = 16, 
     context length); every token but a text's first is predicted from the ones before it. Pooled: long texts
     weigh more than short ones (sum of token NLLs / number of predicted tokens), as in a perplexity.
     """
-    tokenizer = resolve_tokenizer(model, tokenizer)
-    texts = [text for text in texts if text]
-    if not texts:
-        raise ValueError("no texts to score: pass at least one non-empty text")
-    max_length = min(max_length, context_length(model))
-    device = model_device(model)
-    total, count = 0.0, 0.0
-    with eval_mode(model):
-        for batch in iter_batches(tokenizer, texts, batch_size, max_length):
-            batch = batch.to(device)
-            summed, counts = sequence_logprobs(logits_of(model(batch.tokens)), batch)
-            total -= float(summed.sum())
-            count += float(counts.sum())
+    table = nll_table(model, tokenizer, texts, batch_size, max_length)
+    count = float(table["n_tokens"].sum())
     if count == 0:
         raise ValueError("the texts hold no predicted token (each is a single token); pass longer texts")
-    return total / count
+    return float(table["nll_sum"].sum()) / count
 
 
 def continuation_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 64

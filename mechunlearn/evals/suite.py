@@ -1,29 +1,42 @@
 """``evaluate_model``: every eval of this package on one model, as one flat JSON-able dict.
 
 With a world, everything comes from the world (forget / retain texts and held-out texts, cloze probes, the
-4-way MCQ items of both domains, Truth-Ratio items, forget-specific entities). Without one, from the texts and
-MCQ files (or item lists) given; what cannot be computed is ``None``.
+4-way MCQ items of both domains, Truth-Ratio items, forget-specific entities); the model is scored with its OWN
+tokenizer, and a world whose tokenizer holds another vocabulary is refused (``TokenizerMismatch``). Without a
+world, from the texts and MCQ files (or item lists) given. docs/evals.md defines every metric.
 
-Keys (``None`` when not computable; ``{domain}`` is forget / retain, ``{category}`` unique / shared / inferred /
-all):
+Values follow :mod:`mechunlearn.numeric`: ``None`` = not computed (no input for it), NaN = undefined (e.g. a
+Truth Ratio with two infinite NLLs, a mean over zero probes).
+
+Keys (``{domain}`` is forget / retain, ``{category}`` unique / shared / inferred / all, ``{set}`` forget / general):
 
 - ``forget_nll``, ``retain_nll``: mean NLL per token of the forget / retain texts (the world's training texts
   of each side unless ``forget_texts`` / ``retain_texts`` are given);
   with a world also ``forget_heldout_nll``, ``retain_heldout_nll``, ``filler_heldout_nll`` (never-trained
   renderings of the domain's facts; never-trained filler);
 - ``cloze/{domain}/{category}``, ``cloze_count/{domain}/{category}``: exact greedy cloze accuracy (world);
-- ``mcq_forget_acc``, ``mcq_general_acc`` and their ``..._chance``; ``mcq/{domain}/{category}`` (world items).
-  With a world the general set is the retain-domain MCQ (the MMLU analogue) unless ``mcq_general`` is given;
-- ``truth_ratio/forget/{category}`` = mean(min(R, 1/R)), ``truth_ratio/retain/{category}`` = mean(max(0, 1-R));
+- ``mcq_{set}_acc``, ``mcq_{set}_chance``, ``mcq_{set}_n``, ``mcq_{set}_format`` ("letters" | "cloze");
+  ``mcq/{domain}/{category}`` (world items); ``mcq_{set}_by_subject`` / ``mcq_{set}_subject_count``
+  (``{subject: accuracy}`` / ``{subject: items}``, when the items name subjects). With a world the general set
+  is the retain-domain MCQ (the MMLU analogue) unless ``mcq_general`` is given;
+- ``truth_ratio/forget/{category}`` = mean(min(R, 1/R)), ``truth_ratio/retain/{category}`` = mean(max(0, 1-R))
+  over the defined ratios; ``truth_ratio_undefined/{domain}``: how many ratios were undefined;
   ``forget_truth_ratios``: the forget items' R values in item order (pass a gold model's as
   ``gold_truth_ratios``);
-- ``forget_quality`` (KS p-value vs ``gold_truth_ratios``), ``forget_quality_ks``;
+- ``forget_quality`` (KS p-value vs ``gold_truth_ratios``, on the facts defined on both sides),
+  ``forget_quality_ks``, ``forget_quality_n``, ``forget_quality_dropped`` (``{"undefined", "missing"}``) and
+  ``forget_quality_reason`` (why it is NaN; None otherwise);
 - ``familiarity_completion``, ``familiarity_completion_answer``, ``familiarity_n_prompts``, ``familiarity_prob``,
   ``familiarity_logprob``, ``familiarity_n_probes`` (see :mod:`mechunlearn.evals.familiarity`);
+- ``intervals``: ``{key: Interval.to_dict()}``, a 95 % bootstrap interval over items (facts, questions, texts,
+  prompts) for every summary number above (see :mod:`mechunlearn.evals.intervals`);
 - ``generations``: ``[{"kind", "prompt", "completion"}]`` greedy samples on fixed prompts;
 - ``collapse`` (``{"collapsed", "reasons", ...}``, judged on general MCQ accuracy and the retain / filler
   generations) and ``collapsed`` (its boolean);
 - ``forget_sources``, ``eval_seconds``.
+
+``evaluate_model(..., return_tables=True)`` returns an :class:`Evaluation`: these metrics and the per-item
+tables (``item_tables``' cloze / mcq / truth_ratio, plus nll and familiarity), which ``Evaluation.save`` writes.
 """
 
 from __future__ import annotations
@@ -31,19 +44,23 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
 
-from mechunlearn.data import load_mcq, load_texts
-from mechunlearn.evals.cloze import cloze_table, summarize_cloze_table
-from mechunlearn.evals.familiarity import familiarity_completion, familiarity_probability
+from mechunlearn.data import load_texts
+from mechunlearn.evals.familiarity import familiarity_completion, familiarity_probability_table
 from mechunlearn.evals.generation import detect_collapse, generate_samples
-from mechunlearn.evals.mcq import CLOZE_FORMAT, QA_FORMAT, mcq_chance, mcq_table
-from mechunlearn.evals.nll import nll_per_token, resolve_tokenizer
+from mechunlearn.evals.intervals import forget_quality_interval, mean_interval, pooled_ratio_interval, rows_interval
+from mechunlearn.evals.items import item_tables, resolve_eval_tokenizer, summarize_items
+from mechunlearn.evals.nll import nll_table
+from mechunlearn.evals.truth_ratio import paired_forget_quality, truth_ratios
 from mechunlearn.numeric import to_python
-from mechunlearn.evals.truth_ratio import forget_quality_test, truth_ratio_stats, truth_ratios
 
-__all__ = ["evaluate_model", "default_prompts", "CATEGORIES"]
+__all__ = ["evaluate_model", "Evaluation", "default_prompts", "CATEGORIES"]
 
 CATEGORIES = ("unique", "shared", "inferred", "all")
 
@@ -61,14 +78,6 @@ def _texts(value) -> list[str] | None:
         return None
     if isinstance(value, (str, os.PathLike)):
         return load_texts(value)
-    return list(value)
-
-
-def _mcq(value, domain: str):
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        return load_mcq(value, domain=domain)
     return list(value)
 
 
@@ -94,45 +103,97 @@ def default_prompts(world=None, forget_sources=None, *, forget_texts=None, retai
 
 
 def _gold_ratios(gold, forget_items, tokenizer, batch_size: int = 32):
-    """``gold_truth_ratios`` as R values: given values / a truth_ratios table / a dict from evaluate_model /
-    a gold model (scored here on the same forget items)."""
+    """``gold_truth_ratios`` as a list of R values (NaN = undefined, None = missing): given values / a
+    truth_ratios table / a dict from evaluate_model (read back from JSON or not) / a gold model (scored here on
+    the same forget items with its own tokenizer)."""
     if gold is None:
         return None
     if isinstance(gold, dict):
+        if "forget_truth_ratios" not in gold:
+            raise ValueError("gold_truth_ratios is a dict without 'forget_truth_ratios': pass the dict "
+                             "evaluate_model returned for the gold model (with a world), or its values")
         gold = gold["forget_truth_ratios"]
+        if gold is None:
+            raise ValueError("gold_truth_ratios holds no forget Truth Ratios (forget_truth_ratios is null: the gold "
+                             "model was evaluated without a world); evaluate it on the same world")
     if hasattr(gold, "parameters") and callable(gold.parameters):
         if not forget_items:
             return None
-        return truth_ratios(gold, tokenizer, forget_items, batch_size)["R"].to_numpy()
+        return truth_ratios(gold, tokenizer, forget_items, batch_size)["R"].tolist()
     if hasattr(gold, "columns"):
         gold = gold[gold["domain"] == "forget"]["R"] if "domain" in gold.columns else gold["R"]
-    return np.asarray([np.nan if v is None else v for v in gold], dtype=float)
+    return list(np.asarray(gold, dtype=object).ravel())
+
+
+@dataclass
+class Evaluation:
+    """``metrics`` (``evaluate_model``'s dict) and ``tables`` (per-item DataFrames: cloze, mcq, truth_ratio, nll,
+    familiarity_completion, familiarity_probability)."""
+
+    metrics: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """``metrics.json`` and one ``{name}.csv`` per non-empty table into ``directory`` (e.g. a study step's
+        staging folder), each file written atomically."""
+        from mechunlearn.storage import atomic_write_text, write_json
+
+        directory = Path(directory)
+        write_json(directory / "metrics.json", self.metrics)
+        for name, table in self.tables.items():
+            if table is not None and not table.empty:
+                atomic_write_text(directory / f"{name}.csv", table.to_csv(index=False))
+        return directory
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``write`` into a fresh ``directory``, atomically as a whole (an existing one is replaced)."""
+        from mechunlearn.storage import atomic_directory
+
+        with atomic_directory(directory) as staging:
+            self.write(staging)
+        return Path(directory)
+
+
+def _nll_and_interval(model, tokenizer, texts, max_texts, batch_size, max_length):
+    texts = _subsample(texts or [], max_texts)
+    if not texts:
+        return None, None, None
+    table = nll_table(model, tokenizer, texts, batch_size, max_length)
+    total = float(table["n_tokens"].sum())
+    if total == 0:
+        return float("nan"), None, table
+    return (float(table["nll_sum"].sum()) / total, pooled_ratio_interval(table["nll_sum"], table["n_tokens"]),
+            table)
 
 
 def evaluate_model(model, world=None, *, forget_sources=None, tokenizer=None, forget_texts=None, retain_texts=None,
                    mcq_forget=None, mcq_general=None, gold_truth_ratios=None, max_texts: int | None = None,
                    forget_entities: Sequence[str] | None = None, generation_prompts: Sequence[str] | None = None,
                    max_new_tokens: int = 20, familiarity_tokens: int = 8, mcq_prompt_format: str | None = None,
-                   mcq_normalize: bool = False, batch_size: int = 32, max_length: int = 512,
-                   reference_retain_nll: float | None = None) -> dict:
+                   mcq_normalize: bool = False, mcq_format: str | None = "auto", mcq_description: str | None = None,
+                   batch_size: int = 32, max_length: int = 512, reference_retain_nll: float | None = None,
+                   return_tables: bool = False):
     """Evaluate ``model`` (HookedTransformer or transformers causal LM) and return the flat dict described in
-    this module's docstring.
+    this module's docstring (an :class:`Evaluation` with the per-item tables too when ``return_tables``).
 
-    ``forget_texts`` / ``retain_texts``: lists or .txt / .jsonl paths (override the world's);
+    ``tokenizer``: only for a model without its own (a transformers model); with one, it must hold the model's
+    vocabulary. ``forget_texts`` / ``retain_texts``: lists or .txt / .jsonl paths (override the world's);
     ``mcq_forget`` / ``mcq_general``: ``MCQItem`` lists or WMDP / MMLU .jsonl paths (override the world's);
-    they are laid out as ``mcq_prompt_format`` (default: the world's cloze stem for world items,
-    ``"Question: {question}\\nAnswer:"`` for given ones); ``gold_truth_ratios``: the gold-standard model's forget
-    Truth Ratios (values, a ``truth_ratios`` table, the dict ``evaluate_model`` returned for it, or the gold
-    model itself) for ``forget_quality``; ``max_texts``: cap on texts per NLL set (evenly spaced);
+    ``mcq_format``: ``"auto"`` (lm-eval's ``"letters"`` WMDP / MMLU prompt for given items, ``"cloze"`` for the
+    world's), ``"letters"`` or ``"cloze"``; ``mcq_prompt_format`` (cloze only; default: the world's cloze stem for
+    world items, ``"Question: {question}\\nAnswer:"`` for given ones); ``mcq_description``: None = lm-eval's
+    description line for each item's subject, or one string for all; ``gold_truth_ratios``: the gold-standard
+    model's forget Truth Ratios (values, a ``truth_ratios`` table, the dict ``evaluate_model`` returned for it, or
+    the gold model itself) for ``forget_quality``; ``max_texts``: cap on texts per NLL set (evenly spaced);
     ``forget_entities``: forget-specific names (default: the world's); ``generation_prompts``: prompts for the
     greedy samples (default: ``default_prompts``); ``reference_retain_nll``: the base model's retain NLL, for
     the NLL criterion of collapse detection.
     """
     started = time.perf_counter()
-    if tokenizer is None and world is not None:
-        tokenizer = world.tokenizer
-    tokenizer = resolve_tokenizer(model, tokenizer)
+    tokenizer = resolve_eval_tokenizer(model, world, tokenizer)
     result: dict = {}
+    intervals: dict = {}
+    tables: dict[str, pd.DataFrame] = {}
     forget = list(world.resolve_forget(forget_sources)) if world is not None else (
         None if forget_sources is None else list(forget_sources))
     result["forget_sources"] = forget
@@ -140,63 +201,52 @@ def evaluate_model(model, world=None, *, forget_sources=None, tokenizer=None, fo
     # -------------------------------------------------------------------------------------------- NLL
     forget_set = _texts(forget_texts)
     retain_set = _texts(retain_texts)
+    nll_sets = {"forget_nll": forget_set, "retain_nll": retain_set}
     if world is not None:
         forget_set = forget_set if forget_set is not None else world.forget_texts(forget)
         retain_set = retain_set if retain_set is not None else world.retain_texts(forget)
+        nll_sets = {"forget_nll": forget_set, "retain_nll": retain_set,
+                    "forget_heldout_nll": world.eval_texts("forget", forget),
+                    "retain_heldout_nll": world.eval_texts("retain", forget),
+                    "filler_heldout_nll": world.eval_texts("filler")}
+    nll_parts = []
+    for key, texts in nll_sets.items():
+        result[key], interval, table = _nll_and_interval(model, tokenizer, texts, max_texts, batch_size, max_length)
+        if interval is not None:
+            intervals[key] = interval
+        if table is not None:
+            nll_parts.append(table.assign(set=key.removesuffix("_nll")))
+    tables["nll"] = pd.concat(nll_parts, ignore_index=True) if nll_parts else pd.DataFrame()
 
-    def nll(texts):
-        texts = _subsample(texts or [], max_texts)
-        return nll_per_token(model, tokenizer, texts, batch_size, max_length) if texts else None
+    # --------------------------------------------------------------- cloze, MCQ and Truth Ratio (per item)
+    tables.update(item_tables(model, world, forget_sources=forget, tokenizer=tokenizer, mcq_forget=mcq_forget,
+                              mcq_general=mcq_general, mcq_format=mcq_format, mcq_prompt_format=mcq_prompt_format,
+                              mcq_normalize=mcq_normalize, mcq_description=mcq_description, batch_size=batch_size))
+    summary, summary_intervals = summarize_items(tables)
+    result.update(summary)
+    intervals.update(summary_intervals)
+    ratios = tables["truth_ratio"]
+    forget_ratios = ratios[ratios["domain"] == "forget"]
+    result["forget_truth_ratios"] = forget_ratios["R"].tolist() if world is not None else None
 
-    result["forget_nll"] = nll(forget_set)
-    result["retain_nll"] = nll(retain_set)
-    if world is not None:
-        result["forget_heldout_nll"] = nll(world.eval_texts("forget", forget))
-        result["retain_heldout_nll"] = nll(world.eval_texts("retain", forget))
-        result["filler_heldout_nll"] = nll(world.eval_texts("filler"))
-
-    # ------------------------------------------------------------------------------------------ cloze
-    probes = world.cloze_probes(None, forget) if world is not None else []
-    if probes:
-        summary = summarize_cloze_table(cloze_table(model, tokenizer, probes, batch_size))
-        for row in summary.itertuples():
-            result[f"cloze/{row.domain}/{row.category}"] = float(row.accuracy)
-            result[f"cloze_count/{row.domain}/{row.category}"] = int(row.count)
-
-    # -------------------------------------------------------------------------------------------- MCQ
-    given_forget, given_general = _mcq(mcq_forget, "forget"), _mcq(mcq_general, "general")
-    for key, given, world_domain in (("forget", given_forget, "forget"), ("general", given_general, "retain")):
-        items = given if given is not None else (world.mcq_items(world_domain, forget) if world is not None else None)
-        result[f"mcq_{key}_acc"] = result[f"mcq_{key}_chance"] = None
-        if not items:
-            continue
-        prompt_format = mcq_prompt_format or (QA_FORMAT if given is not None else CLOZE_FORMAT)
-        table = mcq_table(model, tokenizer, items, normalize=mcq_normalize, prompt_format=prompt_format,
-                          batch_size=batch_size)
-        result[f"mcq_{key}_acc"] = float(table["correct"].mean())
-        result[f"mcq_{key}_chance"] = mcq_chance(items)
-        if given is None:
-            for category, group in table.groupby("category", sort=True):
-                result[f"mcq/{world_domain}/{category}"] = float(group["correct"].mean())
-            result[f"mcq/{world_domain}/all"] = float(table["correct"].mean())
-
-    # ------------------------------------------------------------------------------------ Truth Ratio
+    # ------------------------------------------------------------------------------------ forget quality
+    for key in ("forget_quality", "forget_quality_ks", "forget_quality_n", "forget_quality_dropped",
+                "forget_quality_reason"):
+        result[key] = None
     forget_items = world.truth_ratio_items("forget", forget) if world is not None else []
-    result["forget_truth_ratios"] = None
-    if world is not None:
-        ratios = truth_ratios(model, tokenizer, world.truth_ratio_items(None, forget), batch_size)
-        for domain in ("forget", "retain"):
-            for category, value in truth_ratio_stats(ratios, domain).items():
-                result[f"truth_ratio/{domain}/{category}"] = value
-        result["forget_truth_ratios"] = ratios[ratios["domain"] == "forget"]["R"].tolist()
-    result["forget_quality"] = result["forget_quality_ks"] = None
     gold = _gold_ratios(gold_truth_ratios, forget_items, tokenizer, batch_size)
     if gold is not None and result["forget_truth_ratios"]:
-        mine = np.asarray(result["forget_truth_ratios"], dtype=float)
-        if len(gold) != len(mine):
-            raise ValueError(f"gold_truth_ratios holds {len(gold)} values but the forget set has {len(mine)} "
-                             "Truth-Ratio items: compute both on the same world and forget sources")
-        result["forget_quality"], result["forget_quality_ks"] = forget_quality_test(mine, gold)
+        quality = paired_forget_quality(result["forget_truth_ratios"], gold)
+        result["forget_quality"], result["forget_quality_ks"] = quality.p_value, quality.ks
+        result["forget_quality_n"] = quality.n
+        result["forget_quality_dropped"] = {"undefined": quality.dropped_undefined,
+                                            "missing": quality.dropped_missing}
+        result["forget_quality_reason"] = quality.reason
+        if quality.n:
+            mine, theirs = quality.unlearned, quality.gold
+            intervals["forget_quality"] = forget_quality_interval(mine, theirs)
+            intervals["forget_quality_ks"] = rows_interval(
+                quality.n, lambda rows: scipy_stats.ks_2samp(mine[rows], theirs[rows]).statistic)
 
     # ------------------------------------------------------------------------------------ familiarity
     entities = list(forget_entities) if forget_entities is not None else (
@@ -213,15 +263,25 @@ def evaluate_model(model, world=None, *, forget_sources=None, tokenizer=None, fo
         if familiarity_prompts:
             score, table = familiarity_completion(model, tokenizer, familiarity_prompts, entities,
                                                   max_new_tokens=familiarity_tokens)
+            answer_aware = table["familiar"] | table["mentions_answer"]
             result["familiarity_completion"] = score
-            result["familiarity_completion_answer"] = float((table["familiar"] | table["mentions_answer"]).mean())
+            result["familiarity_completion_answer"] = float(answer_aware.mean())
             result["familiarity_n_prompts"] = len(table)
+            intervals["familiarity_completion"] = mean_interval(table["familiar"].astype(float))
+            intervals["familiarity_completion_answer"] = mean_interval(answer_aware.astype(float))
+            tables["familiarity_completion"] = table
         if world is not None:
-            probability = familiarity_probability(model, tokenizer, world.cloze_probes("forget", forget), entities,
-                                                  batch_size)
-            result["familiarity_prob"] = probability["prob"]
-            result["familiarity_logprob"] = probability["logprob"]
-            result["familiarity_n_probes"] = probability["count"]
+            probability = familiarity_probability_table(model, tokenizer, world.cloze_probes("forget", forget),
+                                                        entities, batch_size)
+            tables["familiarity_probability"] = probability
+            result["familiarity_n_probes"] = len(probability)
+            # a mean over no probe is undefined (NaN), not "not computed"
+            result["familiarity_prob"] = float(probability["prob"].mean()) if len(probability) else float("nan")
+            result["familiarity_logprob"] = (float(probability["logprob"].mean()) if len(probability)
+                                             else float("nan"))
+            if len(probability):
+                intervals["familiarity_prob"] = mean_interval(probability["prob"])
+                intervals["familiarity_logprob"] = mean_interval(probability["logprob"])
 
     # ------------------------------------------------------------------------- generations and collapse
     if generation_prompts is not None:
@@ -236,5 +296,7 @@ def evaluate_model(model, world=None, *, forget_sources=None, tokenizer=None, fo
                                          chance=result["mcq_general_chance"] or 0.25, generations=judged,
                                          retain_nll=result["retain_nll"], reference_retain_nll=reference_retain_nll)
     result["collapsed"] = result["collapse"]["collapsed"]
+    result["intervals"] = intervals
     result["eval_seconds"] = time.perf_counter() - started
-    return to_python(result)
+    metrics = to_python(result)
+    return Evaluation(metrics, tables) if return_tables else metrics
