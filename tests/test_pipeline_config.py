@@ -65,6 +65,8 @@ def test_defaults_are_filled_in():
     ({"data": {"forget": "f.txt", "world": "micro"}}, ["[data]", "both"]),
     ({"data": {"forget": "f.txt"}}, ["[models]", "needs a world"]),
     ({"models": {"base": "/ckpt", "gold": "world"}}, ["models.gold", "tokenizer"]),
+    ({"data": {"forget": "f.txt"}, "models": {"base": "/ckpt", "gold": "none"},
+      "analyses": {"names": ["logit_lens"]}}, ["logit_lens", "data.mcq_forget"]),
 ])
 def test_bad_study_is_one_clear_error(table, words):
     with pytest.raises(StudyError) as caught:
@@ -145,6 +147,8 @@ def test_missing_checkpoint_and_files_are_named(tmp_path):
     with pytest.raises(StudyError, match=r"models.base = .*does not exist"):
         plan_study(parse_study({"models": {"base": str(tmp_path / "no-such-model"), "gold": "none"}}))
     forget = tmp_path / "forget.txt"
+    files = parse_study({"data": {"forget": str(forget)}, "models": {"base": str(tmp_path), "gold": "none"}})
+    assert "logit_lens" not in files.analyses.names and "weight_comparison" in files.analyses.names
     with pytest.raises(StudyError, match=r"data.forget = .*no such file"):
         plan_study(parse_study({"data": {"forget": str(forget)},
                                 "models": {"base": str(tmp_path), "gold": "none"}}))

@@ -87,6 +87,11 @@ def test_serial_study_writes_the_layout_and_records(serial_run):
     assert manifest["status"] == "done" and manifest["study"] == "micro" and len(manifest["steps"]) == 14
     assert {entry["status"] for entry in manifest["steps"]} == {"ran"}
     assert all(isinstance(entry["wall_s"], float) for entry in manifest["steps"])
+    evals = next(entry for entry in manifest["steps"] if entry["id"] == "evals/base")
+    assert evals["environment"]["placement"] == {"n_devices": 1, "blocks": {"cpu": [0, 1]}}
+    assert evals["environment"]["device"] == "cpu" and evals["environment"]["gpu_count"] == 0
+    for field in ("versions", "device", "dtype", "torch_threads", "gpu_count", "seeds"):
+        assert field in manifest["environment"]
     assert read_json(out / "study.resolved.json")["study"]["seeds"] == [0, 1]
     assert (out / "study.toml").read_text().startswith("# The micro study")
     assert any(line.startswith("[14/14] done") for line in lines) and "Outputs in" in lines[-4]
@@ -178,6 +183,19 @@ def test_a_grid_and_a_changed_hyperparameter_rerun_exactly_what_depends_on_them(
                         progress=False, log=lambda line: None)
     ga = [step for step in changed.plan.by_kind("unlearned") if step.config["method"] == "ga_simple"]
     assert set(changed.ran) == {ga[0].id, f"evals/{ga[0].model_id}", "tables/methods"}
+
+
+def test_a_study_without_methods_tabulates_the_reference_models(serial_run, world_dir, micro_cache, tmp_path):
+    out = copy_out(serial_run[0], tmp_path / "out")
+    table = {"study": {"name": "micro", "out": str(out), "seeds": [0, 1], "device": "cpu", "threads": 1,
+                       "cache": str(micro_cache)}, "data": {"world": str(world_dir)}, "evals": {"max_texts": 16},
+             "analyses": {"names": ["weight_comparison"]}}
+    result = run_study(parse_study(table), progress=False, log=lambda line: None)
+    assert result.ran == ["tables/methods"]  # base, gold, their evals and base -> gold: the same keys
+    methods = pd.read_csv(out / "tables" / "methods" / "methods.csv")
+    assert list(methods["model"]) == ["gold", "base"] and methods["rank"].isna().all()
+    runs = pd.read_csv(out / "tables" / "methods" / "runs.csv")
+    assert runs.empty
 
 
 def test_force_reruns_a_stage_and_what_it_feeds(serial_run, make_study, tmp_path):

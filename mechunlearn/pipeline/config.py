@@ -29,6 +29,7 @@ __all__ = ["Study", "StudySection", "DataSection", "ModelsSection", "MethodSpec"
            "AnalysesSection", "ReportSection", "RaySection", "SubmititSection", "load_study", "parse_study",
            "shipped_studies", "parse_assignment", "merge_tables", "EXECUTORS", "DTYPES", "DEFAULT_ANALYSES"]
 
+_NEED_MCQ = ("logit_lens", "tuned_lens")  # analyses that read MCQ items (diagnostics.study.NEEDS_MCQ)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -214,6 +215,10 @@ def parse_study(table: Mapping[str, Any], *, source: str = "<dict>", text: str =
     sections = {name: _section(cls, table.get(name, {}), name) for name, cls in _SECTIONS.items()}
     study = Study(**sections, methods=_methods(table.get("methods", {})), attacks=_attacks(table.get("attacks", {})),
                   source=source, text=text)
+    if "names" not in table.get("analyses", {}) and study.data.forget and not (
+            study.data.mcq_forget or study.data.mcq_general):
+        # the default analyses, less the lenses, which read MCQ items the user's data does not have
+        study.analyses.names = [name for name in study.analyses.names if name not in _NEED_MCQ]
     _validate(study)
     return study
 
@@ -271,6 +276,10 @@ def _check_analyses(study: Study) -> None:
         if name not in known:
             raise StudyError(f"analyses.names: unknown analysis {name!r}; known: {', '.join(known)} (the evals "
                              "are a step of their own)")
+    needing = [name for name in analyses.names if name in _NEED_MCQ]
+    if needing and study.data.forget and not (study.data.mcq_forget or study.data.mcq_general):
+        raise StudyError(f"analyses.names has {', '.join(needing)}, which read multiple-choice items: give "
+                         "data.mcq_forget / data.mcq_general files, or drop them from analyses.names")
     for name, options in analyses.options.items():
         if name not in analyses.names:
             raise StudyError(f"analyses.options.{name}: {name!r} is not in analyses.names {analyses.names}")

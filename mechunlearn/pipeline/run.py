@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mechunlearn.pipeline.errors import StepFailed, StudyError
 from mechunlearn.pipeline.executors import make_executor
@@ -200,7 +201,6 @@ def run_study(study, *, force: Iterable[str] = (), executor: str | None = None, 
     runner = make_executor(executor_name, study, out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings_of(study, progress=progress, executor=executor_name)
-    walls: dict[str, float] = {}
     try:
         with _Lock(out):
             _remove_temporaries(plan, out)
@@ -210,12 +210,12 @@ def run_study(study, *, force: Iterable[str] = (), executor: str | None = None, 
                 atomic_write_text(out / "study.toml", study.text)
             write_json(out / "study.resolved.json", study.resolved())
             manifest = _Manifest(study, plan, out, executor_name)
-            manifest.write(status, walls, "running")
+            manifest.write(status, "running")
             todo = [step_id for step_id, state in status.items() if state == "pending"]
             log(f"study {study.study.name}: {len(plan)} steps, {len(todo)} to run, {len(plan) - len(todo)} done "
                 f"before (skipped); executor {executor_name}; out {out}")
-            failure = _execute(plan, out, todo, status, walls, runner, settings, study, log, manifest)
-            manifest.write(status, walls, "failed" if failure else "done", time.perf_counter() - started)
+            failure = _execute(plan, out, todo, status, runner, settings, study, log, manifest)
+            manifest.write(status, "failed" if failure else "done", time.perf_counter() - started)
     finally:
         runner.close()
     if failure is not None:
@@ -229,7 +229,7 @@ def run_study(study, *, force: Iterable[str] = (), executor: str | None = None, 
     return StudyRun(out, plan, status, wall, outputs)
 
 
-def _execute(plan, out, todo, status, walls, runner, settings, study, log, manifest) -> StepFailed | None:
+def _execute(plan, out, todo, status, runner, settings, study, log, manifest) -> StepFailed | None:
     waiting = list(todo)
     total, finished_count = len(todo), 0
     failure: StepFailed | None = None
@@ -260,10 +260,10 @@ def _execute(plan, out, todo, status, walls, runner, settings, study, log, manif
                     failure.__cause__ = error
             else:
                 status[step_id] = "ran"
-                walls[step_id] = record["wall_s"]
+                manifest.record(step_id)
                 log(f"[{finished_count:>{len(str(total))}}/{total}] done   {plan.steps[step_id].kind:13s} {step_id} "
                     f"({record['wall_s']:.1f} s)")
-            manifest.write(status, walls, "running")
+            manifest.write(status, "running")
     return failure
 
 
@@ -280,28 +280,31 @@ class _Manifest:
             "environment": environment(device=study.study.device, dtype=study.study.dtype, seeds=study.study.seeds,
                                        threads_setting=study.study.threads, argv=sys.argv, pid=os.getpid()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.previous = self._previous_walls()
+        self.records: dict[str, dict[str, Any]] = {}
+        for step in plan:
+            self.record(step.id)
 
-    def _previous_walls(self) -> dict[str, float]:
-        walls = {}
-        for step in self.plan:
-            path = self.out / step.id / "step.json"
-            if path.is_file():
-                try:
-                    record = read_json(path)
-                except ValueError:
-                    continue
-                if record.get("key") == step.key:
-                    walls[step.id] = record.get("wall_s")
-        return walls
+    def record(self, step_id: str) -> None:
+        """Remember a finished step's wall time and where it ran (device, dtype, layer placement, host)."""
+        step = self.plan.steps[step_id]
+        path = self.out / step.id / "step.json"
+        try:
+            record = read_json(path) if path.is_file() else {}
+        except ValueError:
+            record = {}
+        if record.get("key") == step.key:
+            environment = record.get("environment", {})
+            self.records[step_id] = {"wall_s": record.get("wall_s"), "environment": {
+                key: environment.get(key) for key in ("hostname", "pid", "device", "dtype", "torch_threads",
+                                                      "gpu_count", "seeds", "placement", "executor")}}
 
-    def write(self, status: dict[str, str], walls: dict[str, float], state: str, wall_s: float | None = None) -> None:
+    def write(self, status: dict[str, str], state: str, wall_s: float | None = None) -> None:
         steps = []
         for step in self.plan:
             kind = get_step_kind(step.kind)
+            done = self.records.get(step.id, {}) if status[step.id] in ("skipped", "ran") else {}
             steps.append({"id": step.id, "kind": step.kind, "stage": kind.stage, "model_id": step.model_id,
-                          "key": step.key, "status": status[step.id],
-                          "wall_s": walls.get(step.id, self.previous.get(step.id)),
-                          "inputs": dict(step.inputs)})
+                          "key": step.key, "status": status[step.id], "wall_s": done.get("wall_s"),
+                          "environment": done.get("environment"), "inputs": dict(step.inputs)})
         write_json(self.out / "manifest.json", {**self.header, "status": state, "wall_s": wall_s,
                                                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": steps})

@@ -127,7 +127,8 @@ class MethodsTableStep(StepKind):
         unlearned = table["role"] == "unlearned"
         meets = (table[retain_key] >= RETAIN_SHARE * base_retain) if base_retain is not None else unlearned
         table["meets_retain"] = meets & unlearned
-        order = table[unlearned].assign(_miss=~table["meets_retain"]).sort_values(
+        # a callable, not a Series: assigning a Series to an empty frame would adopt the Series' rows
+        order = table[unlearned].assign(_miss=lambda frame: ~frame["meets_retain"]).sort_values(
             ["_miss", forget_key, "model"], na_position="last", kind="stable").index
         table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
         table.loc[order, "rank"] = range(1, len(order) + 1)
