@@ -8,6 +8,7 @@
     mechunlearn eval MODEL [--world ...]
     mechunlearn diagnose --base A --other B [--analyses ...] [--max-samples 500] [--out outputs/]
     mechunlearn demo
+    mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -25,7 +26,7 @@ from mechunlearn.cli.common import resolve_model_dir, resolve_world
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,184 @@
+"""The methods table, written by code from the evals: ``tables/methods/``.
+
+* ``methods.csv`` / ``methods.md``: one row per model (base, gold) and per method configuration, its metrics as
+  the mean over seeds with a Student-t 95 % interval over seeds (``stats.seed_interval``: ``<metric>``,
+  ``<metric>/low``, ``<metric>/high``, ``n_seeds``; one seed or one model: bounds undefined);
+* ``runs.csv`` / ``runs.md``: one row per configuration and seed (the sweep table), with its hyper-parameters.
+
+Both are ranked by one stated rule (``RULE``): configurations keeping the retain metric at >= 90 % of the base
+model's come first, by their forget metric (lower is better), then the others, by the same metric. The forget
+metric is exact cloze accuracy on the forget target's unique facts (``cloze/forget/unique``) when the data is a
+world, else forget-MCQ accuracy; the retain metric is cloze accuracy on retain facts (``cloze/retain/all``), else
+general-MCQ accuracy. Timings stay in ``step.json`` / ``manifest.json``, so the tables of two runs of one study
+are equal whenever their numbers are.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mechunlearn.pipeline.steps.base import Plan, Step, StepKind
+from mechunlearn.storage import atomic_write_text, read_json
+
+__all__ = ["MethodsTableStep", "TABLE_METRICS", "HEADLINE", "RULE", "markdown_table", "ranking_metrics"]
+
+TABLE_METRICS = ("cloze/forget/unique", "cloze/forget/shared", "cloze/forget/inferred", "cloze/retain/all",
+                 "mcq_forget_acc", "mcq_general_acc", "truth_ratio/forget/unique", "forget_quality",
+                 "familiarity_completion", "forget_nll", "retain_nll", "collapsed")
+HEADLINE = ("cloze/forget/unique", "cloze/retain/all", "mcq_forget_acc", "mcq_general_acc",
+            "truth_ratio/forget/unique", "forget_quality", "familiarity_completion", "collapsed")
+RETAIN_SHARE = 0.9
+RULE = (f"configurations whose retain metric is >= {RETAIN_SHARE:g} x the base model's come first, ranked by the "
+        "forget metric (lower is better); then the others, by the same metric")
+
+
+def ranking_metrics(base_metrics: dict[str, Any]) -> tuple[str, str]:
+    """(forget metric, retain metric) of the ranking rule: cloze on a world, MCQ on the user's data."""
+    def present(key: str) -> bool:
+        return _number(base_metrics.get(key)) is not None
+    forget = "cloze/forget/unique" if present("cloze/forget/unique") else "mcq_forget_acc"
+    retain = "cloze/retain/all" if present("cloze/retain/all") else "mcq_general_acc"
+    return forget, retain
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and not math.isnan(value):
+        return float(value)
+    return None
+
+
+def _format(mean: float, low: float, high: float) -> str:
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; written here because pandas' ``to_markdown`` needs ``tabulate``, a
+    dependency for ten lines."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class MethodsTableStep(StepKind):
+    name, stage, order = "methods_table", "tables", 80
+    loads_models = False
+
+    def plan(self, study, plan: Plan):
+        evals = plan.by_kind("evals")
+        if not evals:
+            return
+        labels = {(variant.method, variant.config_key): variant for variant in plan.facts.get("variants", [])}
+        models = []
+        for step in evals:
+            source = plan.steps[step.inputs["model"]]
+            entry = {"id": step.model_id, "role": source.config.get("role", "unlearned"), "label": step.model_id}
+            if source.kind == "unlearned":
+                variant = labels[(source.config["method"], source.config["config_key"])]
+                entry.update(method=variant.method, config_key=variant.config_key, seed=source.config["seed"],
+                             label=variant.label, hyper=variant.hyper)
+            models.append(entry)
+        config = {"models": models, "metrics": list(TABLE_METRICS), "headline": list(HEADLINE), "rule": RULE,
+                  "retain_share": RETAIN_SHARE}
+        yield Step(self.name, "tables/methods", config, inputs={step.model_id: step.id for step in evals})
+
+    def complete(self, step: Step, folder: Path, record: dict[str, Any]) -> bool:
+        return all((folder / name).is_file() for name in ("methods.csv", "methods.md", "runs.csv", "runs.md"))
+
+    def run(self, step: Step, context, staging: Path) -> dict[str, Any]:
+        import pandas as pd
+
+        from mechunlearn.stats import seed_interval
+
+        config = step.config
+        metrics = {entry["id"]: read_json(context.inputs[entry["id"]].folder / "metrics.json")
+                   for entry in config["models"]}
+        base = metrics.get("base", {})
+        forget_key, retain_key = ranking_metrics(base)
+        base_retain = _number(base.get(retain_key))
+
+        # one group per table row: a reference model, or a method configuration (its seeds)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for entry in config["models"]:
+            groups.setdefault(entry["label"], []).append(entry)
+        rows = []
+        for label, entries in groups.items():
+            first = entries[0]
+            row: dict[str, Any] = {"model": label, "role": first["role"], "method": first.get("method", ""),
+                                   "config_key": first.get("config_key", ""), "n_seeds": len(entries),
+                                   "config": ", ".join(f"{k}={v}" for k, v in first.get("hyper", {}).items())}
+            for key in config["metrics"]:
+                values = [_number(metrics[entry["id"]].get(key)) for entry in entries]
+                interval = seed_interval([math.nan if value is None else value for value in values])
+                row[key], row[f"{key}/low"], row[f"{key}/high"] = interval.mean, interval.low, interval.high
+            rows.append(row)
+        table = pd.DataFrame(rows)
+        unlearned = table["role"] == "unlearned"
+        meets = (table[retain_key] >= RETAIN_SHARE * base_retain) if base_retain is not None else unlearned
+        table["meets_retain"] = meets & unlearned
+        # a callable, not a Series: assigning a Series to an empty frame would adopt the Series' rows
+        order = table[unlearned].assign(_miss=lambda frame: ~frame["meets_retain"]).sort_values(
+            ["_miss", forget_key, "model"], na_position="last", kind="stable").index
+        table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
+        table.loc[order, "rank"] = range(1, len(order) + 1)
+        table = pd.concat([table[~unlearned], table.loc[order]]).reset_index(drop=True)
+        front = ["model", "role", "method", "config_key", "config", "n_seeds", "rank", "meets_retain"]
+        table = table[front + [c for c in table.columns if c not in front]]
+
+        runs = self._runs(config, metrics, table)
+        atomic_write_text(staging / "methods.csv", table.to_csv(index=False))
+        atomic_write_text(staging / "runs.csv", runs.to_csv(index=False))
+        atomic_write_text(staging / "methods.md", self._methods_markdown(table, forget_key, retain_key))
+        atomic_write_text(staging / "runs.md", self._runs_markdown(runs, config))
+        return {"tables": ["methods.csv", "methods.md", "runs.csv", "runs.md"], "rule": RULE,
+                "forget_metric": forget_key, "retain_metric": retain_key, "base_retain": base_retain}
+
+    @staticmethod
+    def _runs(config: dict[str, Any], metrics: dict[str, dict], table) -> "Any":
+        import pandas as pd
+
+        ranks = dict(zip(table["model"], table["rank"]))
+        rows = []
+        for entry in config["models"]:
+            if entry["role"] != "unlearned":
+                continue
+            row = {"model": entry["id"], "method": entry["method"], "config_key": entry["config_key"],
+                   "seed": entry["seed"], "rank": ranks[entry["label"]],
+                   **{f"hp/{k}": str(v) if isinstance(v, list) else v for k, v in entry["hyper"].items()}}
+            row.update({key: _number(metrics[entry["id"]].get(key)) for key in config["metrics"]})
+            rows.append(row)
+        if not rows:
+            return pd.DataFrame(columns=["model", "method", "config_key", "seed", "rank", *config["metrics"]])
+        runs = pd.DataFrame(rows)
+        return runs.sort_values(["rank", "model", "seed"], kind="stable").reset_index(drop=True)
+
+    @staticmethod
+    def _methods_markdown(table, forget_key: str, retain_key: str) -> str:
+        import pandas as pd
+
+        header = ["model", "seeds", "rank", *HEADLINE]
+        rows = []
+        for record in table.to_dict("records"):
+            rank = "" if pd.isna(record["rank"]) else int(record["rank"])
+            rows.append([record["model"], record["n_seeds"], rank,
+                         *[_format(record[k], record[f"{k}/low"], record[f"{k}/high"]) for k in HEADLINE]])
+        return (f"Mean over seeds [95 % t interval over seeds]. Ranked: {RULE} (forget metric {forget_key}, "
+                f"retain metric {retain_key}).\n\n" + markdown_table(header, rows))
+
+    @staticmethod
+    def _runs_markdown(runs, config: dict[str, Any]) -> str:
+        hyper = [c for c in runs.columns if c.startswith("hp/") and runs[c].nunique(dropna=True) > 1]
+        header = ["model", "seed", "rank", *hyper, *HEADLINE]
+        rows = [[record[c] for c in header] for record in runs.to_dict("records")]
+        return "One row per configuration and seed.\n\n" + markdown_table(header, rows)
