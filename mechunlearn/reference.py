@@ -182,7 +182,8 @@ def packed_nll(model, batch: PackedBatch) -> torch.Tensor:
     """Mean next-token NLL over the predicted tokens of a packed batch (``mechunlearn.batching.mean_nll`` of the
     same documents unpacked, to float rounding). The unembedding runs only at predicted positions, and the
     cross-entropy on a contiguous (tokens, vocab) matrix: together ~10 % of a CPU step saved."""
-    hidden = model.base_model(input_ids=batch.tokens, attention_mask=batch.attention_mask(),
+    bias = batch.attention_bias(model.get_output_embeddings().weight.dtype)
+    hidden = model.base_model(input_ids=batch.tokens, attention_mask=bias,
                               position_ids=batch.position_ids).last_hidden_state
     targets = batch.target_mask()
     logits = model.get_output_embeddings()(hidden[:, :-1][targets])

@@ -95,6 +95,8 @@ def test_packed_documents_see_only_themselves(setup) -> None:
     assert any(len(set(row.tolist()) - {-1}) >= 3 for row in batch.document_ids)  # rows shared by documents
     with torch.no_grad():
         packed = model(batch.tokens, attention_mask=batch.attention_mask(), position_ids=batch.position_ids).logits
+        biased = model(batch.tokens, attention_mask=batch.attention_bias(), position_ids=batch.position_ids).logits
+        torch.testing.assert_close(biased, packed, atol=1e-6, rtol=1e-5)  # bool mask and additive bias agree
         for row in range(len(batch)):
             for number in batch.document_ids[row].unique().tolist():
                 if number < 0:

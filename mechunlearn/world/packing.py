@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechunlearn.data import Document
@@ -60,6 +60,13 @@ class PackedBatch:
         real = self.mask[:, :, None] & self.mask[:, None, :]
         own = torch.eye(length, dtype=torch.bool, device=self.tokens.device)
         return ((same & real & causal) | own)[:, None]
+
+    def attention_bias(self, dtype: torch.dtype = torch.float32) -> Float[Tensor, "batch 1 pos pos"]:
+        """The same mask as an additive bias (0 = may attend, the dtype's minimum = may not): the form every
+        transformers version takes as a 4D ``attention_mask`` (4.x reads a 4D mask as already inverted)."""
+        allowed = self.attention_mask()
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
 
     def to(self, device: torch.device | str) -> "PackedBatch":
         return PackedBatch(self.tokens.to(device), self.mask.to(device), self.position_ids.to(device),
