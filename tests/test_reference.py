@@ -28,7 +28,8 @@ def test_pretrain_json_records_the_data_and_the_environment(micro_world, micro_b
     summary = json.loads((micro_base_dir / "pretrain.json").read_text())
     texts = micro_world.training_texts()
     assert summary["n_texts"] == len(texts)
-    assert summary["tokens_per_epoch"] == sum(min(len(ids), 128) for ids in micro_world.tokenizer(texts)["input_ids"])
+    length = summary["recipe"]["train"]["max_length"]
+    assert summary["tokens_per_epoch"] == sum(min(len(ids), length) for ids in micro_world.tokenizer(texts)["input_ids"])
     assert summary["sources"] == sorted({*micro_world.sources, "filler"})
     assert summary["forget_sources"] is None and summary["world_hash"] == micro_world.content_hash
     environment = summary["environment"]
