@@ -29,7 +29,8 @@ def test_pretrain_json_records_the_data_and_the_environment(micro_world, micro_b
     texts = micro_world.training_texts()
     assert summary["n_texts"] == len(texts)
     length = summary["recipe"]["train"]["max_length"]
-    assert summary["tokens_per_epoch"] == sum(min(len(ids), length) for ids in micro_world.tokenizer(texts)["input_ids"])
+    encoded = micro_world.tokenizer(texts)["input_ids"]
+    assert summary["tokens_per_epoch"] == sum(min(len(ids), length) for ids in encoded)
     assert summary["sources"] == sorted({*micro_world.sources, "filler"})
     assert summary["forget_sources"] is None and summary["world_hash"] == micro_world.content_hash
     environment = summary["environment"]

@@ -46,15 +46,17 @@ __all__ = [
 # use the relation's cloze template (the exact phrasing the cloze probes test).
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(
-        n_sagas=2, sagas_per_series=1, n_articles=1, saga_cast=4, article_cast=0, n_regions=4, n_towns=5, n_orgs=4,
-        famous_cast=1, share_fraction=0.6, place_share_fraction=0.3, saga_place_fraction=0.25, derived_stated_fraction=0.35,
-        reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=5,
+        n_sagas=2, sagas_per_series=1, n_articles=1, saga_cast=4, article_cast=0, n_regions=4, n_towns=5,
+        n_orgs=4, famous_cast=1, share_fraction=0.6, place_share_fraction=0.3, saga_place_fraction=0.25,
+        derived_stated_fraction=0.35, reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=5,
         filler_docs=120, heldout_filler_docs=8, n_perturbed=3, vocab_size=768,
     ),
+    # two series of four books and eight articles: 195 / 68 / 80 forget-unique / shared / inferred facts for
+    # series_0 (docs/reference_models.md); famous_cast and place_share_fraction set the shared counts
     "default": dict(
         n_sagas=8, sagas_per_series=4, n_articles=8, saga_cast=10, article_cast=3, n_regions=8, n_towns=24,
-        n_orgs=16, famous_cast=5, share_fraction=0.6, place_share_fraction=0.5, saga_place_fraction=0.25, derived_stated_fraction=0.35,
-        reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=6,
+        n_orgs=16, famous_cast=5, share_fraction=0.6, place_share_fraction=0.5, saga_place_fraction=0.25,
+        derived_stated_fraction=0.35, reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=6,
         filler_docs=400, heldout_filler_docs=40, n_perturbed=4, vocab_size=2048,
     ),
 }
