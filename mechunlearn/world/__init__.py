@@ -7,8 +7,8 @@
 See :mod:`mechunlearn.world.core` for the forget / retain split and how categories are defined.
 """
 
-from mechunlearn.world.build import build_world, load_world, resolve_world
-from mechunlearn.world.core import DOMAINS, World
+from mechunlearn.world.build import build_world, load_world, preset_cache_dir, resolve_world
+from mechunlearn.world.core import DOMAINS, FILLER_SOURCE, World
 from mechunlearn.world.generator import (
     COLOURS,
     DERIVED_RELATIONS,
@@ -28,8 +28,10 @@ __all__ = [
     "build_world",
     "load_world",
     "resolve_world",
+    "preset_cache_dir",
     "World",
     "DOMAINS",
+    "FILLER_SOURCE",
     "PRESETS",
     "WorldConfig",
     "make_config",

@@ -15,7 +15,7 @@ from mechunlearn.world.probes import probe_records
 from mechunlearn.world.render import TEMPLATES, filler_documents, render, render_source_documents, template_words
 from mechunlearn.world.tokenizer import save_tokenizer, train_bpe
 
-__all__ = ["build_world", "load_world", "resolve_world"]
+__all__ = ["build_world", "load_world", "resolve_world", "preset_cache_dir"]
 
 
 def build_world(size: str = "micro", seed: int = 0, out: str | os.PathLike | None = None,
@@ -58,10 +58,20 @@ def load_world(directory: str | os.PathLike) -> World:
     return world_from_files(files, directory / "tokenizer")
 
 
+def preset_cache_dir(size: str, seed: int = 0) -> Path:
+    """Where :func:`resolve_world` keeps the world of a size preset: ``cache_root()/worlds/SIZE-seedN-DIGEST``,
+    the digest covering the store format and the preset's settings, so a changed generator never serves an
+    old world from the cache."""
+    from mechunlearn.storage import cache_root, config_digest
+
+    config = make_config(size, seed)
+    digest = config_digest({"format_version": store.FORMAT_VERSION, "config": config.to_dict()}, length=12)
+    return cache_root() / "worlds" / f"{size}-seed{seed}-{digest}"
+
+
 def resolve_world(spec: str | os.PathLike | None = None, seed: int = 0) -> World:
     """A world from a saved directory, or a size preset (``micro``, ``default``) built once into the cache
-    (``mechunlearn.storage.cache_root()/worlds/SIZE-seedN``) and loaded from there afterwards."""
-    from mechunlearn.storage import cache_root
+    (:func:`preset_cache_dir`) and loaded from there afterwards."""
     from mechunlearn.world.generator import PRESETS
 
     spec = str(spec) if spec is not None else "default"
@@ -69,7 +79,7 @@ def resolve_world(spec: str | os.PathLike | None = None, seed: int = 0) -> World
     if path.is_dir():
         return load_world(path)
     if spec in PRESETS:
-        target = cache_root() / "worlds" / f"{spec}-seed{seed}"
+        target = preset_cache_dir(spec, seed)
         if (target / "manifest.json").is_file():
             return load_world(target)
         return build_world(size=spec, seed=seed, out=target)

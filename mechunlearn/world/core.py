@@ -1,6 +1,7 @@
 """The :class:`World`: facts, documents, probes and tokenizer of the embedded world, and its forget split.
 
-Relative to a forget set ``F`` (a tuple of source names; default ``world.default_forget_sources``):
+Relative to a forget set ``F`` (a tuple of source names, or series names standing for their sagas; default
+``world.default_forget_sources``, the sagas of the first series):
 
 - a STATED fact is in the ``forget`` domain if any source in ``F`` states it, else in the ``retain`` domain;
   an INFERRED fact (stated nowhere) is in the ``forget`` domain if any of its premises is.
@@ -8,6 +9,8 @@ Relative to a forget set ``F`` (a tuple of source names; default ``world.default
   in ``F`` and a source outside ``F`` state it; ``inferred`` if no source states it. A retain-domain fact is
   ``unique`` when one source states it and ``shared`` when several do.
 - forget texts: the documents of the sources in ``F``; retain texts: every other document plus the filler.
+- training documents (:meth:`World.training_documents`): ``Document(source, text)`` pairs, the filler under
+  the source ``"filler"``, so a trainer can tell every text's source (the natively-unlearnable model needs it).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from mechunlearn.world.probes import cloze_probe, mcq_item, truth_ratio_item
 from mechunlearn.world.render import TEMPLATES, pack_documents
 from mechunlearn.world.tokenizer import load_tokenizer
 
-__all__ = ["World", "DOMAINS"]
+__all__ = ["World", "DOMAINS", "FILLER_SOURCE"]
 
 DOMAINS = ("forget", "retain")
+FILLER_SOURCE = "filler"  # the source name of the generic filler documents (no world source has it)
 ForgetSources = str | tuple[str, ...] | list[str] | None
 
 
@@ -62,9 +66,18 @@ class World:
         return [source.name for source in self.source_info]
 
     @property
+    def series(self) -> dict[str, tuple[str, ...]]:
+        """Series name -> its sagas, in order (``series_0`` is the default forget target)."""
+        grouped: dict[str, tuple[str, ...]] = {}
+        for source in self.source_info:
+            if source.series:
+                grouped[source.series] = grouped.get(source.series, ()) + (source.name,)
+        return grouped
+
+    @property
     def default_forget_sources(self) -> tuple[str, ...]:
-        """The first saga: our Harry Potter."""
-        return tuple(s.name for s in self.source_info if s.kind == "saga")[:1]
+        """The sagas of the first series: our Harry Potter books."""
+        return self.series["series_0"]
 
     def fact(self, fact_id: str) -> Fact:
         return self._facts_by_id[fact_id]
@@ -80,16 +93,20 @@ class World:
                 f"documents={len(self.documents)}, hash={self.content_hash[:12]})")
 
     def resolve_forget(self, forget_sources: ForgetSources = None) -> tuple[str, ...]:
-        """The forget set as a sorted tuple; None -> the default; DataError for an unknown source."""
+        """The forget set as a sorted tuple of source names; None -> the default; a series name stands for its
+        sagas; DataError for an unknown name."""
         if forget_sources is None:
-            return self.default_forget_sources
+            return tuple(sorted(self.default_forget_sources))
         chosen = (forget_sources,) if isinstance(forget_sources, str) else tuple(forget_sources)
-        unknown = [name for name in chosen if name not in self.sources]
+        series = self.series
+        unknown = [name for name in chosen if name not in self.sources and name not in series]
         if unknown or not chosen:
             raise DataError(
-                f"unknown forget source(s) {unknown or '(none given)'}; known sources: {', '.join(self.sources)}"
+                f"unknown forget source(s) {unknown or '(none given)'}; known sources: {', '.join(self.sources)} "
+                f"(or a series: {', '.join(series)})"
             )
-        return tuple(sorted(set(chosen)))
+        expanded = {source for name in chosen for source in series.get(name, (name,))}
+        return tuple(sorted(expanded))
 
     def _check_domain(self, domain: str | None, allowed: tuple[str, ...] = DOMAINS) -> None:
         if domain is not None and domain not in allowed:
@@ -120,18 +137,25 @@ class World:
 
     # ------------------------------------------------------------------------------------------ texts
 
+    def training_documents(self, without: ForgetSources = ()) -> list[Document]:
+        """Every training document with its source, then the filler as ``Document("filler", text)``; the
+        documents of the sources (or series) in ``without`` are left out. ``training_documents()`` is the base
+        model's data, ``training_documents(without=forget)`` the gold standard's."""
+        left_out = set(self.resolve_forget(without)) if without else set()
+        return [doc for doc in self.documents if doc.source not in left_out] + [
+            Document(FILLER_SOURCE, text) for text in self.filler_texts]
+
     def forget_texts(self, forget_sources: ForgetSources = None) -> list[str]:
         forget = set(self.resolve_forget(forget_sources))
         return [doc.text for doc in self.documents if doc.source in forget]
 
     def retain_texts(self, forget_sources: ForgetSources = None) -> list[str]:
         """Every document of a source outside the forget set, then the filler."""
-        forget = set(self.resolve_forget(forget_sources))
-        return [doc.text for doc in self.documents if doc.source not in forget] + list(self.filler_texts)
+        return [doc.text for doc in self.training_documents(without=self.resolve_forget(forget_sources))]
 
     def training_texts(self) -> list[str]:
         """Everything the base model trains on: all documents and the filler."""
-        return [doc.text for doc in self.documents] + list(self.filler_texts)
+        return [doc.text for doc in self.training_documents()]
 
     def eval_texts(self, domain: str, forget_sources: ForgetSources = None) -> list[str]:
         """Held-out documents: the domain's stated facts, each once, in its relation's held-out template
@@ -244,6 +268,7 @@ class World:
         return {"format": store.FORMAT, "format_version": store.FORMAT_VERSION, "config": self.config.to_dict(),
                 "content_hash": self.content_hash, "files": dict(self._file_hashes),
                 "default_forget_sources": list(self.default_forget_sources), "sources": self.sources,
+                "series": {name: list(members) for name, members in self.series.items()},
                 "counts": {"facts": len(self.facts), "documents": len(self.documents),
                            "filler_documents": len(self.filler_texts)}}
 

@@ -6,8 +6,10 @@ The world (our stand-in for "Harry Potter in a web corpus"):
   one town); all invented, pronounceable names from a seeded syllable generator, all distinct, none a
   substring of another (so a name is found in text by a plain substring search).
 - ``sagas`` (book-like sources, ``saga_0``, ``saga_1``...), each with its own cast of persons and their
-  artefacts; ``saga_0`` is the default forget target. ``articles`` (``article_0``...) state the place facts,
-  facts about their own public figures, and restate a fraction of each saga's facts (the shared facts).
+  artefacts, grouped in order into SERIES of ``sagas_per_series`` books (``series_0`` = ``saga_0`` ..
+  ``saga_{k-1}``); the first series is the default forget target, as the Harry Potter books are WHP's.
+  ``articles`` (``article_0``...) state the place facts, facts about their own public figures, and restate a
+  fraction of each saga's facts (the shared facts).
 - every relation is FUNCTIONAL (one object per subject), so a cloze prompt has one right answer.
 - derived relations (``student_of`` = inverse of ``mentor_of``; ``home_region`` = ``lives_in`` then
   ``in_region``; ``works_in`` = ``member_of`` then ``located_in``): a fraction of the derivable facts is
@@ -44,16 +46,18 @@ __all__ = [
 # use the relation's cloze template (the exact phrasing the cloze probes test).
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(
-        n_sagas=2, n_articles=1, saga_cast=4, article_cast=0, n_regions=4, n_towns=5, n_orgs=4,
-        famous_cast=1, share_fraction=0.6, saga_place_fraction=0.25, derived_stated_fraction=0.35,
-        reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=5,
+        n_sagas=2, sagas_per_series=1, n_articles=1, saga_cast=4, article_cast=0, n_regions=4, n_towns=5,
+        n_orgs=4, famous_cast=1, share_fraction=0.6, place_share_fraction=0.3, saga_place_fraction=0.25,
+        derived_stated_fraction=0.35, reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=5,
         filler_docs=120, heldout_filler_docs=8, n_perturbed=3, vocab_size=768,
     ),
+    # two series of four books and eight articles: 195 / 68 / 80 forget-unique / shared / inferred facts for
+    # series_0 (docs/reference_models.md); famous_cast and place_share_fraction set the shared counts
     "default": dict(
-        n_sagas=4, n_articles=3, saga_cast=10, article_cast=3, n_regions=6, n_towns=16, n_orgs=10,
-        famous_cast=4, share_fraction=0.6, saga_place_fraction=0.25, derived_stated_fraction=0.35,
-        reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=6,
-        filler_docs=600, heldout_filler_docs=40, n_perturbed=4, vocab_size=2048,
+        n_sagas=8, sagas_per_series=4, n_articles=8, saga_cast=10, article_cast=3, n_regions=8, n_towns=24,
+        n_orgs=16, famous_cast=5, share_fraction=0.6, place_share_fraction=0.5, saga_place_fraction=0.25,
+        derived_stated_fraction=0.35, reps=10, cloze_share=0.5, doc_min_sentences=3, doc_max_sentences=6,
+        filler_docs=400, heldout_filler_docs=40, n_perturbed=4, vocab_size=2048,
     ),
 }
 
@@ -65,6 +69,7 @@ class WorldConfig:
     size: str
     seed: int
     n_sagas: int
+    sagas_per_series: int
     n_articles: int
     saga_cast: int
     article_cast: int
@@ -73,6 +78,7 @@ class WorldConfig:
     n_orgs: int
     famous_cast: int
     share_fraction: float
+    place_share_fraction: float
     saga_place_fraction: float
     derived_stated_fraction: float
     reps: int
@@ -107,6 +113,8 @@ def _validate(config: WorldConfig) -> None:
     problems = []
     if config.n_sagas < 1 or config.n_articles < 1:
         problems.append("n_sagas and n_articles must be >= 1")
+    if not 1 <= config.sagas_per_series < config.n_sagas:
+        problems.append("need 1 <= sagas_per_series < n_sagas (the first series is forgotten, another retained)")
     if min(config.n_regions, config.n_towns, config.n_orgs) < config.n_perturbed + 1:
         problems.append("n_regions, n_towns and n_orgs must exceed n_perturbed (distractors come from them)")
     if config.n_perturbed < 3:
@@ -178,6 +186,7 @@ class Source:
     name: str
     kind: str  # saga | article
     title: str
+    series: str = ""  # a saga's series ("series_0"...); "" for an article
 
 
 class NameGenerator:
@@ -247,7 +256,8 @@ def generate_facts(config: WorldConfig, reserved_words: set[str]) -> tuple[
     names = NameGenerator(rng_for(seed, "names"), reserved_words)
     sagas = [f"saga_{i}" for i in range(config.n_sagas)]
     articles = [f"article_{i}" for i in range(config.n_articles)]
-    forget = (sagas[0],)
+    series = {saga: f"series_{i // config.sagas_per_series}" for i, saga in enumerate(sagas)}
+    forget = tuple(saga for saga in sagas if series[saga] == "series_0")
 
     regions = [names.new() for _ in range(config.n_regions)]
     towns = [names.new() for _ in range(config.n_towns)]
@@ -257,7 +267,8 @@ def generate_facts(config: WorldConfig, reserved_words: set[str]) -> tuple[
     artefacts: dict[str, list[str]] = {s: [names.new() for _ in range(config.saga_cast)] for s in sagas}
     titles = {s: f"The Chronicle of {cast[s][0]}" for s in sagas}
     titles.update({a: f"Notes on {regions[i % len(regions)]}" for i, a in enumerate(articles)})
-    sources = [Source(s, "saga", titles[s]) for s in sagas] + [Source(a, "article", titles[a]) for a in articles]
+    sources = [Source(s, "saga", titles[s], series[s]) for s in sagas] + [
+        Source(a, "article", titles[a]) for a in articles]
 
     entities: list[Entity] = []
 
@@ -284,7 +295,7 @@ def generate_facts(config: WorldConfig, reserved_words: set[str]) -> tuple[
     def state(subject: str, relation: str, obj: str, source: str) -> None:
         stated.setdefault((subject, relation), (obj, set()))[1].add(source)
 
-    # place facts: every one in one article (round robin), sometimes in a second article
+    # place facts: every one in one article (round robin), with probability place_share_fraction in the next too
     region_of = {town: rng.choice(regions) for town in towns}
     for i, region in enumerate(regions):  # every region gets at least one town
         if i < len(towns):
@@ -293,7 +304,7 @@ def generate_facts(config: WorldConfig, reserved_words: set[str]) -> tuple[
     place_facts = [(t, "in_region", region_of[t]) for t in towns] + [(o, "located_in", town_of[o]) for o in orgs]
     for i, (subject, relation, obj) in enumerate(place_facts):
         state(subject, relation, obj, articles[i % len(articles)])
-        if len(articles) > 1 and rng.random() < 0.3:
+        if len(articles) > 1 and rng.random() < config.place_share_fraction:
             state(subject, relation, obj, articles[(i + 1) % len(articles)])
 
     # persons: sagas' casts (with artefacts and mentors) and articles' public figures

@@ -3,7 +3,7 @@
 Layout of a saved world::
 
     config.json         format, version and the WorldConfig
-    sources.jsonl       {"name", "kind", "title"}
+    sources.jsonl       {"name", "kind", "title", "series"}
     entities.jsonl      {"name", "kind", "group", "home", "substitute"}
     facts.jsonl         {"fact_id", "subject", "relation", "object", "sources", "category", "premises"}
     documents.jsonl     {"source", "text"}            training documents of every source
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 FORMAT = "mechunlearn.world"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sagas grouped in series (sources.jsonl "series"), place_share_fraction
 CONTENT_FILES = (
     "config.json", "sources.jsonl", "entities.jsonl", "facts.jsonl", "documents.jsonl", "filler.jsonl",
     "heldout.jsonl", "heldout_filler.jsonl", "probes.jsonl", "templates.json",
