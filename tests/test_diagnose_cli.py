@@ -317,7 +317,7 @@ def test_figures_share_one_plotlyjs_and_open_offline(first_run):
     scripts = list(out.glob("plotly-*.min.js"))
     assert len(scripts) == 1 and scripts[0].stat().st_size > 1_000_000
     pages = list(out.rglob("*.html"))
-    assert len(pages) == 4
+    assert len(pages) >= 4  # the first run's four (a later test adds another comparison to this out)
     for page in pages:
         text = page.read_text()
         assert page.stat().st_size < 500_000, page  # data and layout only: no embedded plotly.js

@@ -194,16 +194,16 @@ class Lipschitzness(ActivationAnalysis):
                 values = {key: torch.cat(parts, dim=-1).double() for key, parts in
                           self._values[(split, model_name)].items()}
                 has_target = values["predicted"] > 0  # a one-token text has no next-token NLL to differentiate
-                jacobian = values.get("jacobian", torch.full((0,), float("nan"), dtype=torch.float64))
+                jacobian = values.get("jacobian", torch.zeros(0, dtype=torch.float64))
                 rows.append({
                     "split": split, "model": model_name,
-                    "jacobian_spectral_norm_mean": float(jacobian.mean()) if len(jacobian) else float("nan"),
-                    "jacobian_spectral_norm_max": float(jacobian.max()) if len(jacobian) else float("nan"),
+                    # None = not computed (jacobian_texts=0), as numeric's convention has it, not NaN (undefined)
+                    "jacobian_spectral_norm_mean": float(jacobian.mean()) if len(jacobian) else None,
+                    "jacobian_spectral_norm_max": float(jacobian.max()) if len(jacobian) else None,
                     "directional_gain_mean": float(values["gain"].mean()),
                     "directional_gain_max": float(values["gain"].max()),
                     "directional_gain_centred_mean": float(values["gain_centred"].mean()),
-                    "grad_norm_mean": float(values["grad_norm"][has_target].mean()) if has_target.any()
-                    else float("nan"),
+                    "grad_norm_mean": float(values["grad_norm"][has_target].mean()) if has_target.any() else None,
                     "output_variance": ratio(float(values["variance_sum"].sum()), float(values["tokens"].sum())),
                     "n_texts": int(values["tokens"].numel()), "n_draws": self.n_samples,
                     "n_jacobian_texts": len(jacobian),
