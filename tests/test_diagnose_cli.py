@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -221,6 +222,15 @@ def test_mcq_files_feed_the_lenses_and_evals(pair, texts_files, tmp_path):
     assert summary["capabilities"]["forget_mcq_chance"] == 0.25
     assert summary["capabilities"]["general_mcq_accuracy"] in (0.0, 0.5, 1.0)  # two items
 
+    # the same files through the command line: --mcq-forget / --mcq-general, and the outputs are current
+    args = diagnose_args(*pair[:2], *texts_files, tmp_path / "out", "--mcq-forget", str(tmp_path / "wmdp.jsonl"),
+                         "--mcq-general", str(tmp_path / "mmlu.jsonl"))
+    args[args.index("--analyses") + 1] = "evals,logit_lens"
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "out" / "base__to__unlearned" / "manifest.json").read_text())
+    assert sorted(manifest["last_run"]["skipped"]) == sorted(f"{model}/{name}" for model in ("base", "unlearned")
+                                                            for name in ("evals", "logit_lens"))
+
 
 def test_micro_world_every_analysis(micro_world, micro_base_dir, micro_gold_dir, tmp_path):
     """All analyses with small settings on the world's base -> gold: every folder has its CSV and its figure."""
@@ -248,3 +258,82 @@ def test_micro_world_every_analysis(micro_world, micro_base_dir, micro_gold_dir,
     assert manifest["mcq_items"]["forget"] == len(micro_world.mcq_items("forget"))
     assert all(batches["batches"] == 3 for model in manifest["last_run"]["forward_passes"].values()
                for batches in model.values())  # 40 texts per split in batches of 16: 3 passes, whatever the count
+
+
+# ------------------------------------------------------------------------------------------- keys: no stale results
+def test_outputs_are_keyed_by_weights_data_and_options(pair, texts_files, tmp_path):
+    """A rerun skips what is current and recomputes exactly what changed: other texts, a retrained model at the
+    same path, other options, a folder written before keys existed."""
+    import shutil
+
+    from mechunlearn.diagnostics.study import diagnose
+    from mechunlearn.storage import checkpoint_digest
+
+    base_dir, other_dir = tmp_path / "base", tmp_path / "unlearned"
+    shutil.copytree(pair[0], base_dir)
+    shutil.copytree(pair[1], other_dir)
+    out = tmp_path / "out"
+    comparison = out / "base__to__unlearned"
+
+    def run(retain=texts_files[1], **extra):
+        written = diagnose(base_dir, other_dir, out=out, analyses=ANALYSES, forget_file=texts_files[0],
+                           retain_file=retain, max_samples=20, device="cpu", progress=False, **extra)
+        return sorted(str(path.relative_to(out)) for path in written)
+
+    every = sorted(["base__to__unlearned/weight_comparison", "base__to__unlearned/activation_comparison",
+                    "base/linear_probes", "unlearned/linear_probes"])
+    assert run() == every
+    step = json.loads((comparison / "weight_comparison" / "step.json").read_text())
+    assert step["inputs"]["models"] == {"base": checkpoint_digest(base_dir), "unlearned": checkpoint_digest(other_dir)}
+    assert set(step) >= {"step", "key", "config", "inputs", "environment", "created", "wall_s"}
+    assert "texts" not in step["inputs"]["data"]  # weights only
+    probe_step = json.loads((out / "base" / "linear_probes" / "step.json").read_text())
+    assert list(probe_step["inputs"]["models"]) == ["base"] and "texts" in probe_step["inputs"]["data"]
+    assert run() == []  # everything current
+
+    fewer = tmp_path / "retain_fewer.txt"
+    fewer.write_text("\n".join(texts_files[1].read_text().splitlines()[:6]) + "\n")
+    assert run(retain=fewer) == sorted(set(every) - {"base__to__unlearned/weight_comparison"})
+    assert json.loads((comparison / "manifest.json").read_text())["texts"]["per_split"]["retain"] == 6
+
+    # retrained: new weights at the same path; the base's outputs stay current
+    retrained = models.load(other_dir, device="cpu")
+    with torch.no_grad():
+        retrained.blocks[0].mlp.W_out.add_(0.01)
+    models.save(retrained, other_dir)
+    assert run(retain=fewer) == sorted(["base__to__unlearned/weight_comparison",
+                                        "base__to__unlearned/activation_comparison", "unlearned/linear_probes"])
+    per_matrix = pd.read_csv(comparison / "weight_comparison" / "per_matrix.csv")
+    assert (per_matrix.set_index("name").loc["blocks.0.mlp.W_out", "dW_fro"]) > 0
+
+    assert run(retain=fewer, options={"linear_probes": {"C": 0.5}}) == ["base/linear_probes",
+                                                                         "unlearned/linear_probes"]
+    (out / "base" / "linear_probes" / "step.json").unlink()  # as written before keys existed
+    assert run(retain=fewer, options={"linear_probes": {"C": 0.5}}) == ["base/linear_probes"]
+
+
+def test_figures_share_one_plotlyjs_and_open_offline(first_run):
+    out, _ = first_run
+    scripts = list(out.glob("plotly-*.min.js"))
+    assert len(scripts) == 1 and scripts[0].stat().st_size > 1_000_000
+    pages = list(out.rglob("*.html"))
+    assert len(pages) >= 4  # the first run's four (a later test adds another comparison to this out)
+    for page in pages:
+        text = page.read_text()
+        assert page.stat().st_size < 500_000, page  # data and layout only: no embedded plotly.js
+        sources = re.findall(r'<script[^>]*src="([^"]+)"', text)
+        assert len(sources) == 1 and not sources[0].startswith(("http", "//")) and "cdn.plot.ly" not in text
+        assert (page.parent / sources[0]).resolve() == scripts[0].resolve()
+
+
+def test_list_names_every_analysis_with_a_description(capsys):
+    from mechunlearn.diagnostics import describe_analyses
+
+    assert main(["diagnose", "--list"]) == 0
+    printed = capsys.readouterr().out
+    for name, description in describe_analyses().items():
+        assert description and f"{name}  " in printed and description in printed
+    assert "evals" in printed and "knowledge_probe" in printed
+    with pytest.raises(SystemExit):
+        main(["diagnose", "--help"])
+    assert "knowledge_probe" in capsys.readouterr().out

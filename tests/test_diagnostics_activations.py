@@ -18,7 +18,7 @@ from scipy.stats import wasserstein_distance
 from conftest import make_neox
 from mechunlearn import models
 from mechunlearn.diagnostics import build_analyses, run_activation_analyses
-from mechunlearn.diagnostics.covariance import effective_rank, spectral_entropy
+from mechunlearn.diagnostics.activation_covariance import effective_rank, spectral_entropy
 
 WORDS = ("wizard wand silver river mill bread market horse grey night farmer wheat tower glows keeps sells "
          "old young the a of in at to").split()
@@ -156,8 +156,11 @@ def test_separation_matches_sklearn_numpy_scipy(pair):
             assert row["variance_ratio"] == pytest.approx(between / within, rel=1e-5)
             pooled = np.array([x.mean(0) for x in forget[hook] + retain[hook]])
             labels = np.r_[np.ones(len(FORGET)), np.zeros(len(RETAIN))]
-            scores = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), pooled,
-                                       labels, cv=StratifiedKFold(5), method="decision_function")
+            # the shared topic probe's folds: stratified, shuffled with seed 0 (probing.forget_vs_retain_probe)
+            scores = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000,
+                                                                                          random_state=0)),
+                                       pooled, labels, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                                       method="decision_function")
             # float32 batched vs float64 per-text features may swap a near-tied pair: allow one or two swaps
             assert row["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=0.01)
     assert 0.0 <= frame["auc"].min() and frame["auc"].max() <= 1.0
@@ -205,7 +208,7 @@ def test_covariance_matches_numpy_and_scipy(pair):
 
 
 def test_covariance_memory_budget_picks_evenly_spaced_layers(pair):
-    from mechunlearn.diagnostics.covariance import ActivationCovariance
+    from mechunlearn.diagnostics.activation_covariance import ActivationCovariance
 
     per_layer_gb = 2 * 2 * D_MODEL * D_MODEL * 8 / 1e9
     analysis = ActivationCovariance(memory_budget_gb=3 * per_layer_gb)

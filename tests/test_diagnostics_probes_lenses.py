@@ -12,10 +12,14 @@ from mechunlearn import models
 from mechunlearn.batching import TokenBatch, tokenize
 from mechunlearn.data import MCQItem
 from mechunlearn.diagnostics import run_activation_analyses, run_analyses
-from mechunlearn.diagnostics.lenses import (LogitLens, LogitLensMCQ, TunedLens, TunedLensMCQ, lens_kl,
-                                            load_or_train_tuned_lens, mcq_layer_scores, train_tuned_lens,
-                                            weights_digest)
-from mechunlearn.diagnostics.probes import LinearProbes, probe_scores
+from mechunlearn.diagnostics.lens_training import lens_kl, load_or_train_tuned_lens, train_tuned_lens
+from mechunlearn.diagnostics.lenses import LogitLens, TunedLens
+from mechunlearn.diagnostics.linear_probes import LinearProbes
+from mechunlearn.diagnostics.logit_lens import LogitLensAnalysis
+from mechunlearn.diagnostics.mcq_by_layer import mcq_layer_scores
+from mechunlearn.diagnostics.probing import forget_vs_retain_probe
+from mechunlearn.diagnostics.tuned_lens import TunedLensAnalysis
+from mechunlearn.storage import model_digest
 
 WORDS = ["the", "wizard", "Orlo", "keeps", "silver", "wand", "farmer", "grows", "wheat", "river", "market",
          "bread", "Pell", "horse", "mill", "night", "children", "play", "grey", "young"]
@@ -114,13 +118,13 @@ def test_selectivity_on_separable_activations_is_one_minus_baseline(toy_model):
     assert np.allclose(frame["majority_baseline"], 0.75)
     assert np.allclose(frame["accuracy"], 1.0) and np.allclose(frame["auc"], 1.0)
     assert np.allclose(frame["selectivity"], 1 - 0.75)
-    direct = probe_scores(np.r_[np.ones((5, 2))], -np.ones((5, 2)) + 0.01 * np.arange(10).reshape(5, 2))
+    direct = forget_vs_retain_probe(np.r_[np.ones((5, 2))], -np.ones((5, 2)) + 0.01 * np.arange(10).reshape(5, 2))
     assert direct["selectivity"] == pytest.approx(0.5)
 
 
 def test_probe_errors_are_clear(toy_model):
     with pytest.raises(ValueError, match="at least 2 forget"):
-        probe_scores(np.zeros((1, 3)), np.zeros((4, 3)))
+        forget_vs_retain_probe(np.zeros((1, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="C"):
         LinearProbes(C=0.0)
     analysis = LinearProbes()
@@ -173,7 +177,7 @@ def test_logit_lens_mcq_final_layer_matches_independent_scorer(lively_model):
     for got, want in zip(scores, expected):
         assert got.shape == (4, model.cfg.n_layers + 1)
         np.testing.assert_allclose(got[:, -1], want, atol=1e-4)
-    result = run_analyses([LogitLensMCQ(items=items, batch_size=7)], {"m": model})["logit_lens"]
+    result = run_analyses([LogitLensAnalysis(items=items, batch_size=7)], {"m": model})["logit_lens"]
     final = result.frame[result.frame["layer"] == model.cfg.n_layers].set_index("domain")
     for domain in ("forget", "retain"):
         chosen = [(int(np.argmax(s)), item.answer) for s, item in zip(expected, items) if item.domain == domain]
@@ -190,12 +194,12 @@ def test_lens_mcq_options_and_errors(lively_model):
         def mcq_items(self, domain):
             return make_items(lively_model, 3, seed=len(domain), domain=domain)
 
-    frame = LogitLensMCQ(world=World()).run({"m": lively_model}).frame
+    frame = LogitLensAnalysis(world=World()).run({"m": lively_model}).frame
     assert set(frame["domain"]) == {"forget", "retain"} and set(frame["n_items"]) == {3}
     with pytest.raises(ValueError, match="exactly one of items"):
-        LogitLensMCQ()
+        LogitLensAnalysis()
     with pytest.raises(ValueError, match="train_texts"):
-        TunedLensMCQ(items=make_items(lively_model, 2, 0, "forget"))
+        TunedLensAnalysis(items=make_items(lively_model, 2, 0, "forget"))
     with pytest.raises(ValueError, match="empty question"):
         mcq_layer_scores(lively_model, [MCQItem("", ("a", "b"), 0)])
 
@@ -236,17 +240,17 @@ def test_tuned_lens_cache_reloads_identical_parameters(lively_model, tmp_path):
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
     assert any(p.abs().sum() > 0 for p in second.parameters())  # trained, not a fresh zero lens
-    digest = weights_digest(lively_model)
+    digest = model_digest(lively_model)
     with torch.no_grad():
         lively_model.blocks[0].mlp.W_in[0, 0] += 1e-3
-    assert weights_digest(lively_model) != digest
+    assert model_digest(lively_model) != digest
     _, info_changed = load_or_train_tuned_lens(lively_model, texts, steps=5, cache_dir=tmp_path)
     assert not info_changed["loaded"] and info_changed["path"] != info["path"]
 
 
 def test_tuned_lens_analysis_runs_per_model_and_saves(lively_model, toy_model, tmp_path):
     items = make_items(lively_model, 6, seed=13, domain="forget")
-    analysis = TunedLensMCQ(items=items, train_texts=random_texts(16, seed=14), steps=4, cache_dir=tmp_path / "c")
+    analysis = TunedLensAnalysis(items=items, train_texts=random_texts(16, seed=14), steps=4, cache_dir=tmp_path / "c")
     result = run_analyses([analysis], {"a": lively_model, "b": toy_model})["tuned_lens"]
     assert list(result.frame.columns[:4]) == ["model", "domain", "layer", "accuracy"]
     assert set(result.frame["model"]) == {"a", "b"} and len(result.frame) == 2 * 4

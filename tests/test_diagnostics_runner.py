@@ -86,8 +86,9 @@ def test_exactly_one_forward_pass_per_model_and_split(pair):
     with counting_embed_passes(pair) as counts:
         run_activation_analyses(analyses, pair, SPLITS, batch_size=BATCH_SIZE, progress=False, stats=stats)
     assert dict(stats.forward_passes) == {(model, split): batches[split] for model in pair for split in SPLITS}
-    # max_texts 5 with batches of 4: 2 batches per split, each 1 clean + n_samples perturbed passes per model
-    own_per_model = 2 * 2 * (1 + OPTIONS["lipschitzness"]["n_samples"])
+    # max_texts 5 with batches of 4: 2 batches per split, each 1 clean + n_samples perturbed passes per model, and
+    # 1 pass whose graph the Jacobian's power iteration runs through (jacobian_texts 16 > max_texts: every text)
+    own_per_model = 2 * 2 * (1 + OPTIONS["lipschitzness"]["n_samples"] + 1)
     assert lipschitz.extra_forward_passes == 2 * own_per_model
     assert counts == {name: sum(batches.values()) + own_per_model for name in pair}
 
@@ -110,6 +111,35 @@ def test_max_samples_limits_texts_per_split(pair):
                           max_samples=5, progress=False, stats=stats)
     assert stats.texts[("base", "forget")] == 5 and stats.forward_passes[("other", "retain")] == 2
     assert result["activation_comparison"].summary["tokens"]["forget"] > 0
+
+
+class Recorder(ActivationAnalysis):
+    """Declares one hook per model and records which hook names it was handed."""
+
+    name = "recorder"
+
+    def __init__(self, scope: str, hook: str) -> None:
+        self.scope, self.hook, self.seen = scope, hook, []
+
+    def hook_names(self, model):
+        return [self.hook]
+
+    def update(self, split, activations, batch):
+        self.seen.append({model: sorted(hooks) for model, hooks in activations.items()})
+
+    def result(self):
+        return None
+
+
+def test_an_analysis_gets_only_the_hooks_it_declared(pair):
+    """activation_comparison asks for every residual stream; the recorders, run beside it, see only their own."""
+    pair_recorder = Recorder("pair", "blocks.1.hook_mlp_out")
+    model_recorder = Recorder("model", "blocks.0.hook_resid_post")
+    run_activation_analyses([*build_analyses(["activation_comparison"]), pair_recorder, model_recorder], pair,
+                            SPLITS, batch_size=BATCH_SIZE, progress=False)
+    assert pair_recorder.seen and all(seen == {"base": ["blocks.1.hook_mlp_out"], "other": ["blocks.1.hook_mlp_out"]}
+                                      for seen in pair_recorder.seen)
+    assert all(seen == {name: ["blocks.0.hook_resid_post"] for name in pair} for seen in model_recorder.seen)
 
 
 # ---------------------------------------------------------------------------------------------- streaming statistics
@@ -148,7 +178,8 @@ class NeedsResidMid(ActivationAnalysis):
 
 
 def test_missing_hook_name_is_a_clear_error(pair):
-    with pytest.raises(ValueError, match=r"blocks\.0\.hook_resid_mid.*not in this model"):
+    with pytest.raises(ValueError, match=r"analysis 'needs_resid_mid' asks for hook point\(s\) "
+                                         r"blocks\.0\.hook_resid_mid, which model 'base' does not have"):
         run_activation_analyses([NeedsResidMid()], pair, SPLITS, progress=False)
 
 
@@ -170,9 +201,9 @@ def test_models_of_different_shapes_are_refused(pair):
 
 
 def test_analysis_errors_name_the_fix(pair):
-    from mechunlearn.diagnostics.covariance import ActivationCovariance
-    from mechunlearn.diagnostics.lipschitz import LocalLipschitz
-    from mechunlearn.diagnostics.separation import ActivationSeparation
+    from mechunlearn.diagnostics.activation_covariance import ActivationCovariance
+    from mechunlearn.diagnostics.activation_separation import ActivationSeparation
+    from mechunlearn.diagnostics.lipschitzness import Lipschitzness
 
     with pytest.raises(ValueError, match="no batches were fed"):
         analysis = ActivationCovariance()
@@ -181,7 +212,7 @@ def test_analysis_errors_name_the_fix(pair):
     with pytest.raises(ValueError, match="contrasts two splits"):
         run_activation_analyses([ActivationSeparation()], pair, {"forget": FORGET}, progress=False)
     with pytest.raises(ValueError, match="n_samples must be at least 2"):
-        LocalLipschitz(n_samples=1)
+        Lipschitzness(n_samples=1)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         build_analyses(["activation_comparison"], {"activation_comparison": {"layers": [9]}})[0].hook_names(
             pair["base"])

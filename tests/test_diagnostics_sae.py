@@ -12,8 +12,8 @@ import torch
 from mechunlearn import models
 from mechunlearn.batching import tokenize
 from mechunlearn.diagnostics import run_activation_analyses
-from mechunlearn.diagnostics.sae_features import (SAEFeatureDiff, activation_batches, classify_features,
-                                                  default_hook_name, fit_sae)
+from mechunlearn.diagnostics.sae_features import SAEFeatures, classify_features
+from mechunlearn.diagnostics.sae_training import activation_batches, default_hook_name, fit_sae
 
 FORGET_WORDS = ["wizard", "Orlo", "silver", "wand", "Varnhold", "mage", "Pell", "glows"]
 RETAIN_WORDS = ["farmer", "wheat", "river", "bread", "market", "baker", "mill", "children"]
@@ -117,7 +117,7 @@ def test_statistics_match_sae_encode_and_a_killed_feature_dies(setup, toy_model_
 
     other = models.load(toy_model_dir, device="cpu")
     other.add_hook(hook, kill_feature_hook(sae, feature), is_permanent=True)
-    analysis = SAEFeatureDiff(sae=sae, min_frequency=0.05)
+    analysis = SAEFeatures(sae=sae, min_frequency=0.05)
     result = run_activation_analyses([analysis], {"base": base, "other": other}, {"forget": FORGET, "retain": RETAIN},
                                      batch_size=6, progress=False)["sae_features"]
     other.reset_hooks(including_permanent=True)
@@ -145,7 +145,7 @@ def test_statistics_match_sae_encode_and_a_killed_feature_dies(setup, toy_model_
 
 def test_sae_fitted_in_start_from_the_cache(setup):
     base, sae, cache_dir = setup
-    analysis = SAEFeatureDiff(fit_texts=FORGET + RETAIN, fit_options=dict(cache_dir=cache_dir, **FIT))
+    analysis = SAEFeatures(fit_texts=FORGET + RETAIN, fit_options=dict(cache_dir=cache_dir, **FIT))
     result = run_activation_analyses([analysis], {"base": base}, {"forget": FORGET, "retain": RETAIN},
                                      progress=False)["sae_features"]
     assert torch.equal(analysis.sae.W_enc, sae.W_enc)  # phase 1 ran in start and found the cached SAE
@@ -166,6 +166,6 @@ def test_classification_on_hand_built_statistics():
 
 def test_errors_are_clear():
     with pytest.raises(ValueError, match="sae= .* fit_texts="):
-        SAEFeatureDiff()
+        SAEFeatures()
     with pytest.raises(ValueError, match="top_k"):
-        SAEFeatureDiff(fit_texts=["a"], top_k=0)
+        SAEFeatures(fit_texts=["a"], top_k=0)

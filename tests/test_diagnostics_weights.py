@@ -12,8 +12,11 @@ import torch
 
 from mechunlearn.diagnostics import build_analyses, get_analysis, run_analyses
 from mechunlearn.diagnostics import linalg
-from mechunlearn.diagnostics.subspaces import MLPNullspaceAlignment, NullSpaceAnalysis
-from mechunlearn.diagnostics.weights import MLPvsAttention, WeightComparison, hf_matrix, weight_matrices
+from mechunlearn.diagnostics.matrices import hf_matrix, weight_matrices
+from mechunlearn.diagnostics.mlp_attn_analysis import MLPAttnAnalysis
+from mechunlearn.diagnostics.mlp_nullspace import MLPNullspace
+from mechunlearn.diagnostics.null_space_analysis import NullSpaceAnalysis
+from mechunlearn.diagnostics.weight_comparison import WeightComparison
 
 N_HEADS, D_HEAD, D_MODEL, D_MLP, N_LAYERS, D_VOCAB = 4, 8, 32, 64, 3, 50
 
@@ -80,6 +83,43 @@ def test_fast_spectral_norm_within_one_percent(kind, monkeypatch):
         assert min(shape) >= linalg.EXACT_BELOW  # the randomized path, not the LAPACK fallback
         assert abs(fast - exact) / exact < 1e-2
         assert fast <= exact * (1 + 1e-5)  # Rayleigh-Ritz: a lower bound
+
+
+def test_frobenius_norm_and_stable_rank_accumulate_in_float64():
+    """At 768 x 3072 (Pythia-160M's W_in) a float32 sum is ~4e-5 off; ours must be within 1e-6 of float64 numpy,
+    and so must the stable rank with the exact spectral norm."""
+    generator = np.random.default_rng(3)
+    matrix = (generator.standard_normal((768, 3072)) * 0.02 + 0.003).astype(np.float32)
+    reference = matrix.astype(np.float64)
+    top_squared = np.linalg.eigvalsh(reference @ reference.T)[-1]  # sigma_1^2, in float64 (cheaper than an SVD)
+    tensor = torch.from_numpy(matrix)
+    expected_norm = float(np.sqrt((reference ** 2).sum()))
+    assert abs(float(torch.linalg.matrix_norm(tensor)) - expected_norm) / expected_norm > 1e-6  # the problem
+    assert linalg.frobenius_norm(tensor) == pytest.approx(expected_norm, rel=1e-9)
+    assert linalg.stable_rank(tensor, exact=True) == pytest.approx(expected_norm ** 2 / top_squared, rel=1e-6)
+
+
+def test_ratios_follow_the_one_convention():
+    """numeric.ratio everywhere: 0/0 is NaN (undefined), x/0 is inf; JSON keeps them apart."""
+    rows = [{"name": f"blocks.0.{c}", "layer": 0, "group": group, "dW_fro": delta, "W_fro": 2.0}
+            for c, group, delta in (("attn.W_Q", "attn", 0.0), ("mlp.W_in", "mlp", 1.0))]
+    rows += [{"name": f"blocks.1.{c}", "layer": 1, "group": group, "dW_fro": 0.0, "W_fro": 2.0}
+             for c, group in (("attn.W_Q", "attn"), ("mlp.W_in", "mlp"))]
+    result = MLPAttnAnalysis.from_per_matrix(pd.DataFrame(rows))
+    by_layer = result.frame.set_index("layer")
+    assert by_layer.loc[0, "mlp_attn_ratio_abs"] == np.inf and by_layer.loc[0, "mlp_attn_ratio_rel"] == np.inf
+    assert np.isnan(by_layer.loc[1, "mlp_attn_ratio_abs"]) and np.isnan(by_layer.loc[1, "mlp_share"])
+    assert result.summary["mlp_attn_ratio_abs"] == np.inf
+
+
+def test_summary_json_keeps_undefined_and_infinite_apart(tmp_path):
+    from mechunlearn.diagnostics import AnalysisResult
+
+    result = AnalysisResult("demo", pd.DataFrame({"layer": [0, 1], "value": [1.0, 2.0]}),
+                            summary={"undefined": float("nan"), "infinite": float("inf"), "missing": None})
+    result.save(tmp_path / "demo", html=False)
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == {
+        "undefined": "undefined", "infinite": "infinite", "missing": None}
 
 
 def test_degenerate_matrices_give_zero_not_nan():
@@ -229,7 +269,7 @@ def test_mlp_vs_attention_ratios(pair):
     add_update(other, "blocks.0.mlp.W_out", 0.05 * generator.standard_normal((D_MODEL, D_MLP)))
     with torch.no_grad():
         other.blocks[0].attn.W_V.add_(0.02 * torch.randn_like(other.blocks[0].attn.W_V))
-    result = quiet(MLPvsAttention()).run(base, other)
+    result = quiet(MLPAttnAnalysis()).run(base, other)
     row = result.frame.set_index("layer").loc[0]
     mlp_names = ["blocks.0.mlp.W_in", "blocks.0.mlp.W_out"]
     attn_names = [f"blocks.0.attn.W_{c}" for c in "QKVO"]
@@ -246,7 +286,7 @@ def test_mlp_vs_attention_ratios(pair):
     untouched = result.frame.set_index("layer").loc[1]
     assert np.isnan(untouched["mlp_attn_ratio_rel"])
     full = quiet(WeightComparison()).run(base, other)
-    pd.testing.assert_frame_equal(MLPvsAttention.from_weight_comparison(full).frame, result.frame)
+    pd.testing.assert_frame_equal(MLPAttnAnalysis.from_weight_comparison(full).frame, result.frame)
 
 
 # ----------------------------------------------------------------------------------------------- steps 7 and 10
@@ -286,7 +326,7 @@ def test_mlp_nullspace_split(pair):
     right = np.linalg.svd(w_out, full_matrices=False)[2].T
     noise = generator.standard_normal(w_out.shape)
     add_update(other, "blocks.2.mlp.W_out", 0.1 * (noise - (noise @ right) @ right.T))  # W_out's null space
-    result = quiet(MLPNullspaceAlignment()).run(base, other)
+    result = quiet(MLPNullspace()).run(base, other)
     frame = result.frame.set_index("name")
     assert frame.loc["blocks.0.mlp.W_in", "null_space_fraction"] == pytest.approx(1.0, abs=1e-5)
     assert frame.loc["blocks.1.mlp.W_in", "null_space_fraction"] == pytest.approx(0.0, abs=1e-5)
@@ -296,10 +336,10 @@ def test_mlp_nullspace_split(pair):
     assert frame.loc["blocks.0.mlp.W_in", "col_space_fraction_random"] == pytest.approx(D_MODEL / D_MLP)
     changed = frame.dropna(subset=["col_space_fraction"])
     np.testing.assert_allclose(changed["col_space_fraction"] + changed["null_space_fraction"], 1.0, atol=1e-12)
-    fixed = quiet(MLPNullspaceAlignment(rank=5)).run(base, other).frame
+    fixed = quiet(MLPNullspace(rank=5)).run(base, other).frame
     assert (fixed["W_rank"] == 5).all()
     with pytest.raises(ValueError, match="at most one"):
-        MLPNullspaceAlignment(rank=3, energy=0.9)
+        MLPNullspace(rank=3, energy=0.9)
 
 
 def test_registry_and_save(pair, tmp_path):
@@ -307,7 +347,7 @@ def test_registry_and_save(pair, tmp_path):
     with torch.no_grad():
         other.blocks[1].mlp.W_in.add_(0.01)
     names = ["weight_comparison", "mlp_attn_analysis", "null_space_analysis", "mlp_nullspace"]
-    expected_classes = [WeightComparison, MLPvsAttention, NullSpaceAnalysis, MLPNullspaceAlignment]
+    expected_classes = [WeightComparison, MLPAttnAnalysis, NullSpaceAnalysis, MLPNullspace]
     assert [get_analysis(name) for name in names] == expected_classes
     results = run_analyses([quiet(analysis) for analysis in build_analyses(names)], {"base": base, "other": other})
     for name, result in results.items():

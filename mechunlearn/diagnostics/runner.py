@@ -1,10 +1,13 @@
 """One forward pass per (model, split), feeding every activation analysis from it.
 
 For each batch of a split the runner runs each model exactly once with the union of all analyses' hooks
-attached (observe-only hooks that store detached activations of that batch), then hands the batch's
-activations to every analysis. Only one batch of activations is alive at a time: analyses keep streaming
-accumulators, never a dataset-sized cache. Pair analyses receive ``{"base": ..., "other": ...}`` of the same
-batch; model-scope analyses receive every model's activations under the model names.
+attached (``mechunlearn.hooks.forward_capturing``: observe-only hooks that keep detached activations of that
+batch), then hands every analysis the activations of the hooks IT declared, and no others (an analysis that
+forgets to declare a hook gets a KeyError at once, not a silent dependence on another analysis' hooks). Only one
+batch of activations is alive at a time: analyses keep streaming accumulators, never a dataset-sized cache. Pair
+analyses receive ``{"base": ..., "other": ...}`` of the same batch; model-scope analyses receive every model's
+activations under the model names. A hook an analysis asks for that a model lacks is one clear error, naming the
+analysis, before any pass runs.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from mechunlearn.batching import iter_batches
-from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult, WeightAnalysis, get_analysis
-from mechunlearn.hooks import require_hook_names
+from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, WeightAnalysis, check_comparable,
+                                          get_analysis)
+from mechunlearn.hooks import forward_capturing
 
 __all__ = ["RunStats", "run_activation_analyses", "run_analyses", "check_comparable", "build_analyses"]
 
@@ -30,16 +33,6 @@ class RunStats:
 
     forward_passes: Counter = field(default_factory=Counter)  # (model, split) -> batches run
     texts: Counter = field(default_factory=Counter)
-
-
-def check_comparable(base, other) -> None:
-    """Raise a clear error unless the two models have the same architecture and shapes."""
-    fields = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
-    differences = [f"{name}: {getattr(base.cfg, name)} vs {getattr(other.cfg, name)}" for name in fields
-                   if getattr(base.cfg, name) != getattr(other.cfg, name)]
-    if differences:
-        raise ValueError("cannot compare models of different shapes (" + "; ".join(differences) + "); compare "
-                         "checkpoints of the same architecture, e.g. a base model and its unlearned version")
 
 
 def build_analyses(names: Sequence[str], options: Mapping[str, dict[str, Any]] | None = None) -> list:
@@ -62,16 +55,25 @@ def _validate_splits(splits: Mapping[str, Sequence[str]], max_samples: int | Non
     return limited
 
 
-@torch.no_grad()
-def _forward_capture(model, tokens: torch.Tensor, hook_names: Sequence[str]) -> dict[str, torch.Tensor]:
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(activation, hook):
-        store[hook.name] = activation.detach()
-
-    with model.hooks(fwd_hooks=[(name, keep) for name in hook_names]):
-        model(tokens)
-    return store
+def _declared_hooks(analyses: Sequence[ActivationAnalysis], models: Mapping[str, Any],
+                    pair_names: Sequence[str]) -> dict[int, dict[str, list[str]]]:
+    """``{id(analysis): {model name: its hooks}}``; a hook a model lacks is one error naming the analysis."""
+    declared: dict[int, dict[str, list[str]]] = {}
+    for analysis in analyses:
+        fed = pair_names if analysis.scope == "pair" else list(models)
+        per_model = {}
+        for name in fed:
+            hooks = list(dict.fromkeys(analysis.hook_names(models[name])))
+            missing = [hook for hook in hooks if hook not in models[name].hook_dict]
+            if missing:
+                layers = models[name].cfg.n_layers
+                example = ", ".join(sorted(h for h in models[name].hook_dict if h.startswith("blocks.0."))[:8])
+                raise ValueError(f"analysis {analysis.name!r} asks for hook point(s) {', '.join(missing)}, which "
+                                 f"model {name!r} does not have ({layers} layers, blocks.0..{layers - 1}); its "
+                                 f"block hook names look like: {example}")
+            per_model[name] = hooks
+        declared[id(analysis)] = per_model
+    return declared
 
 
 def run_activation_analyses(analyses: Sequence[ActivationAnalysis], models: Mapping[str, Any],
@@ -88,11 +90,9 @@ def run_activation_analyses(analyses: Sequence[ActivationAnalysis], models: Mapp
         if len(model_names) < 2:
             raise ValueError("pair analyses need two models (a base and another model)")
         check_comparable(models[pair_names[0]], models[pair_names[1]])
-    hooks_by_model: dict[str, list[str]] = {}
-    for name, model in models.items():
-        wanted = sorted({hook for analysis in analyses for hook in analysis.hook_names(model)})
-        require_hook_names(model, wanted)
-        hooks_by_model[name] = wanted
+    declared = _declared_hooks(analyses, models, pair_names)
+    hooks_by_model = {name: sorted({hook for per_model in declared.values() for hook in per_model.get(name, [])})
+                      for name in model_names}
     for analysis in analyses:
         if analysis.scope == "pair":
             analysis.start({"base": models[pair_names[0]], "other": models[pair_names[1]]})
@@ -108,18 +108,25 @@ def run_activation_analyses(analyses: Sequence[ActivationAnalysis], models: Mapp
         for batch in tqdm(batches, total=total, desc=f"diagnostics {split}", disable=not progress, leave=False):
             activations = {}
             for name, model in models.items():
+                if not hooks_by_model[name]:
+                    continue  # no analysis reads this model's activations (it may still run passes of its own)
                 device = next(model.parameters()).device
-                activations[name] = _forward_capture(model, batch.tokens.to(device), hooks_by_model[name])
+                _, activations[name] = forward_capturing(model, batch.tokens.to(device), hooks_by_model[name])
                 stats.forward_passes[(name, split)] += 1
                 stats.texts[(name, split)] += len(batch)
             for analysis in analyses:
+                wanted = declared[id(analysis)]
+                fed = {name: {hook: activations[name][hook] for hook in hooks} if hooks else {}
+                       for name, hooks in wanted.items()}
                 if analysis.scope == "pair":
-                    fed = {"base": activations[pair_names[0]], "other": activations[pair_names[1]]}
-                else:
-                    fed = activations
+                    fed = {"base": fed[pair_names[0]], "other": fed[pair_names[1]]}
                 analysis.update(split, fed, batch)
             del activations
-    return {analysis.name: analysis.result() for analysis in analyses}
+    results = {analysis.name: analysis.result() for analysis in analyses}
+    for analysis in analyses:
+        if analysis.scope == "pair" and isinstance(results[analysis.name], AnalysisResult):
+            results[analysis.name].labels = {"base": pair_names[0], "other": pair_names[1]}
+    return results
 
 
 def run_analyses(analyses: Sequence[Any], models: Mapping[str, Any], splits: Mapping[str, Sequence[str]] | None = None,
@@ -137,6 +144,7 @@ def run_analyses(analyses: Sequence[Any], models: Mapping[str, Any], splits: Map
         check_comparable(base, other)
         for analysis in weight_analyses:
             results[analysis.name] = analysis.run(base, other)
+            results[analysis.name].labels = {"base": model_names[0], "other": model_names[1]}
     if activation_analyses:
         if splits is None:
             raise ValueError("activation analyses need forget and retain texts (splits)")

@@ -15,12 +15,8 @@ Status of a feature, per non-base model (thresholds are options):
 * **survives**: forget-specific in base and does not die;
 * **appears**: forget-specific in the other model but not in base.
 
-Two phases (the design): phase 1, ``fit_sae(base_model, texts, hook_name)``, collects base activations with
-batched forward passes that stream into sae-lens' trainer through a bounded shuffle buffer (``buffer_tokens``
-rows; when the whole corpus fits in it, it is kept and reshuffled instead of re-running the model) and trains
-``training_tokens`` samples; the result is cached under ``cache_root()/sae/<key>`` with sae-lens'
-``save_inference_model`` / ``SAE.load_from_disk`` (key: the model's weights digest, the hook, the texts and the
-settings). ``SAEFeatureDiff`` runs phase 1 in ``start`` when no ``sae`` is given (on ``fit_texts``, or the
+Two phases (the design): phase 1, ``fit_sae(base_model, texts, hook_name)`` (``sae_training``: streamed,
+bounded, cached). ``SAEFeatures`` runs phase 1 in ``start`` when no ``sae`` is given (on ``fit_texts``, or the
 world's forget + retain texts), so phase 2 (the statistics) runs inside the runner's one fused pass with
 ``hook_names = [the SAE hook]``. Every statistic streams: float64 counters and a per-feature top-k merged batch
 by batch (``torch.topk`` over the kept k and the batch: a bounded heap, vectorised over features).
@@ -32,159 +28,23 @@ fvu = mse / variance: how well the base's SAE reconstructs each model's activati
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from mechunlearn.batching import iter_batches, tokenize
-from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult, layer_of
-from mechunlearn.diagnostics.lenses import save_atomically, texts_digest, weights_digest
+from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult
+from mechunlearn.diagnostics.figures import Legend, color_for
+from mechunlearn.diagnostics.sae_training import default_hook_name, fit_sae
 from mechunlearn.diagnostics.streaming import RunningMoments, token_rows
-from mechunlearn.hooks.names import require_hook_names, resid_post
+from mechunlearn.numeric import ratio
 
-__all__ = ["SAEFeatureDiff", "fit_sae", "activation_batches", "classify_features", "default_hook_name", "STATUSES"]
+__all__ = ["SAEFeatures", "classify_features", "STATUSES"]
 
 STATUSES = ("dies", "survives", "appears")
-
-
-def default_hook_name(model) -> str:
-    return resid_post(model.cfg.n_layers // 2)
-
-
-# --------------------------------------------------------------------------------------- phase 1: fit the SAE
-@torch.no_grad()
-def _hook_rows(model, tokens: Tensor, mask: Tensor, hook_name: str) -> Tensor:
-    store: dict[str, Tensor] = {}
-
-    def keep(activation, hook):
-        store[hook.name] = activation.detach()
-
-    layer = layer_of(hook_name)
-    with model.hooks(fwd_hooks=[(hook_name, keep)]):
-        # blocks after the hook's own block cannot change it: stop there (a full pass for non-block hooks)
-        model(tokens, stop_at_layer=layer + 1 if layer >= 0 else None)
-    activation = store[hook_name]
-    return token_rows(activation.float().flatten(2), mask.to(activation.device))
-
-
-def activation_batches(model, texts: Sequence[str], hook_name: str, *, train_batch_size: int = 1024,
-                       buffer_tokens: int = 65_536, text_batch_size: int = 16, max_length: int = 128,
-                       seed: int = 0) -> Iterator[Float[Tensor, "train_batch d_in"]]:
-    """An endless iterator of shuffled ``[train_batch_size, d_in]`` activation batches (sae-lens' data provider).
-
-    At most ``buffer_tokens`` (+ one text batch) rows are held: rows are mixed in a buffer, which is shuffled
-    when full and half of it handed out. When the whole corpus fits in the buffer it is computed once and
-    recycled (no further forward passes); otherwise the model is re-run over the texts epoch after epoch.
-    """
-    if buffer_tokens < 2 * train_batch_size:
-        raise ValueError(f"buffer_tokens ({buffer_tokens}) must be at least twice train_batch_size "
-                         f"({train_batch_size}) so a shuffled half-buffer holds a whole batch")
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-
-    def epoch_rows(epoch: int) -> Iterator[Tensor]:
-        for batch in iter_batches(model.tokenizer, texts, text_batch_size, max_length, shuffle_seed=seed + epoch):
-            yield _hook_rows(model, batch.tokens.to(device), batch.mask, hook_name)
-
-    def blocks() -> Iterator[Tensor]:
-        first, size = [], 0
-        for rows in epoch_rows(0):
-            first.append(rows)
-            size += len(rows)
-            if size > buffer_tokens:
-                break
-        else:
-            corpus = torch.cat(first)
-            if len(corpus) == 0:
-                raise ValueError("the SAE's training texts hold no tokens; pass non-empty texts")
-            yield from itertools.repeat(corpus)  # fits: reuse, no more forward passes
-        del first
-        for epoch in itertools.count():
-            yield from epoch_rows(epoch)
-
-    buffer: Tensor | None = None
-    for block in blocks():
-        buffer = block if buffer is None else torch.cat([buffer, block])
-        if len(buffer) < buffer_tokens:
-            continue
-        buffer = buffer[torch.randperm(len(buffer), generator=generator).to(buffer.device)]
-        handed_out = (len(buffer) // 2 // train_batch_size) * train_batch_size
-        for start in range(0, handed_out, train_batch_size):
-            yield buffer[start:start + train_batch_size]
-        buffer = buffer[handed_out:]
-
-
-def fit_sae(model, texts: Sequence[str], hook_name: str | None = None, *, expansion: int = 4,
-            l1_coefficient: float = 2.0, lr: float = 1e-3, training_tokens: int = 400_000,
-            train_batch_size: int = 512, buffer_tokens: int = 65_536, text_batch_size: int = 16,
-            max_length: int = 128, seed: int = 0, cache: bool = True, cache_dir: str | os.PathLike | None = None):
-    """Train (or load from the cache) a standard ReLU SAE with ``expansion * d_in`` features on ``model``'s
-    activations at ``hook_name`` over ``texts``; returns sae-lens' inference ``SAE`` on the model's device, with
-    ``cfg.metadata.hook_name`` set (so ``HookedSAETransformer.add_sae`` can splice it in).
-
-    Activations are normalised to mean norm sqrt(d_in) during training (sae-lens' "expected_average_only_in",
-    folded back into the weights afterwards) so ``l1_coefficient`` does not depend on the model's scale.
-    """
-    from sae_lens import SAE, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainerConfig
-
-    from mechunlearn.storage import cache_root
-
-    hook_name = hook_name or default_hook_name(model)
-    require_hook_names(model, [hook_name])
-    texts = [text for text in texts if text.strip()]
-    if not texts:
-        raise ValueError("fit_sae: no texts to train the SAE on; pass forget + retain texts")
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer attached: load it with mechunlearn.models.load")
-    if training_tokens < train_batch_size:
-        raise ValueError(f"training_tokens ({training_tokens}) must be at least train_batch_size ({train_batch_size})")
-    device = next(model.parameters()).device
-    settings = {"version": 1, "hook": hook_name, "expansion": expansion, "l1_coefficient": l1_coefficient, "lr": lr,
-                "training_tokens": training_tokens, "train_batch_size": train_batch_size,
-                "buffer_tokens": buffer_tokens, "max_length": max_length, "seed": seed, "texts": texts_digest(texts)}
-    key = hashlib.sha256((weights_digest(model) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:24]
-    path = (Path(cache_dir) if cache_dir is not None else cache_root() / "sae") / key
-    if cache and (path / "cfg.json").is_file():
-        return SAE.load_from_disk(path, device=str(device))
-
-    first = tokenize(model.tokenizer, texts[:1], max_length)
-    d_in = _hook_rows(model, first.tokens.to(device), first.mask, hook_name).shape[-1]
-    steps = training_tokens // train_batch_size
-    config = StandardTrainingSAEConfig(d_in=d_in, d_sae=expansion * d_in, l1_coefficient=l1_coefficient,
-                                       l1_warm_up_steps=steps // 20, normalize_activations="expected_average_only_in",
-                                       device=str(device), dtype="float32")
-    config.metadata.hook_name = hook_name
-    config.metadata.model_name = getattr(model.cfg, "model_name", "")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave the caller's RNG alone
-        torch.manual_seed(seed)
-        sae = StandardTrainingSAE(config)
-    trainer_config = SAETrainerConfig(  # wandb stays off (LoggingConfig(log_to_wandb=False) is the default here)
-        total_training_samples=training_tokens, train_batch_size_samples=train_batch_size, lr=lr, lr_end=lr,
-        lr_scheduler_name="constant", device=str(device), n_batches_for_norm_estimate=min(50, steps),
-        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 4))
-    data = activation_batches(model, texts, hook_name, train_batch_size=train_batch_size,
-                              buffer_tokens=buffer_tokens, text_batch_size=text_batch_size, max_length=max_length,
-                              seed=seed)
-    trained = SAETrainer(cfg=trainer_config, sae=sae, data_provider=data).fit()
-    # Round-trip through sae-lens' own inference format, so a fresh fit and a cache hit are the same object.
-    if cache:
-        save_atomically(path, lambda staging: trained.save_inference_model(staging))
-        return SAE.load_from_disk(path, device=str(device))
-    with tempfile.TemporaryDirectory() as staging:
-        trained.save_inference_model(staging)
-        return SAE.load_from_disk(staging, device=str(device))
 
 
 # ------------------------------------------------------------------------------------ feature classification
@@ -208,7 +68,7 @@ def classify_features(base_forget: np.ndarray, base_retain: np.ndarray, other_fo
 
 
 # --------------------------------------------------------------------------------- phase 2: the streamed diff
-class SAEFeatureDiff(ActivationAnalysis):
+class SAEFeatures(ActivationAnalysis):
     """Per-feature firing statistics of the base model's SAE in every model, and the forget features that die.
 
     Options: ``sae`` (a trained sae-lens SAE) or ``fit_texts`` / ``world`` (train one in ``start`` with
@@ -317,7 +177,7 @@ class SAEFeatureDiff(ActivationAnalysis):
             mse = stats["squared_error"] / (count * self.sae.cfg.d_in)
             variance = float(stats["moments"].covariance.mean()) if stats["tokens"] > 1 else float("nan")
             reconstruction.append({"model": model_name, "split": split, "mse": mse, "variance": variance,
-                                   "fvu": mse / variance if variance > 0 else float("nan")})
+                                   "fvu": ratio(mse, variance)})
         base = self.base_name
         base_tokens = self._top_tokens(base, "forget")
         rows, summary = [], {"hook": self.hook, "base": base, "d_sae": self.sae.cfg.d_sae, **self.thresholds,
@@ -346,16 +206,21 @@ class SAEFeatureDiff(ActivationAnalysis):
 
 
 def _plot(result: AnalysisResult):
-    """Base vs other forget firing frequency per feature, one trace per (model, status); hover shows tokens."""
+    """Base vs other forget firing frequency per feature: colour = model, marker = status; hover shows tokens."""
     import plotly.graph_objects as go
 
     figure = go.Figure()
+    symbols = {"dies": "x", "survives": "circle", "appears": "diamond"}
+    legend = Legend()
     for (model_name, status), group in result.frame.groupby(["model", "status"], sort=False):
         hover = [f"feature {f}<br>base: {b}<br>other: {o}" for f, b, o in
                  zip(group["feature"], group["top_tokens_base"], group["top_tokens_other"])]
-        figure.add_trace(go.Scatter(x=group["base_freq_forget"], y=group["other_freq_forget"], mode="markers",
-                                    name=f"{model_name} / {status}", text=hover, hoverinfo="text+x+y"))
+        legend.add(figure, go.Scatter(x=group["base_freq_forget"].tolist(), y=group["other_freq_forget"].tolist(),
+                                      mode="markers", text=hover, hoverinfo="text+x+y",
+                                      marker=dict(color=color_for(model_name), symbol=symbols.get(status))),
+                   f"{model_name} / {status}")
+    base = result.summary.get("base", "base")
     figure.update_layout(title=f"SAE features at {result.summary.get('hook')}: forget firing frequency",
-                         xaxis_title="base model: firing frequency on forget", yaxis_title="other model: firing "
+                         xaxis_title=f"{base}: firing frequency on forget", yaxis_title="other model: firing "
                          "frequency on forget")
     return figure

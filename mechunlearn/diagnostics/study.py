@@ -1,4 +1,4 @@
-"""``diagnose``: every analysis of one model pair, written in the seed's output layout (seed 003).
+"""``diagnose``: every analysis of one model pair, written in the seed's output layout (seed 003), keyed.
 
 >>> from mechunlearn.diagnostics.study import diagnose
 >>> diagnose("models/base", "models/unlearned", out="outputs", world=world)          # doctest: +SKIP
@@ -6,35 +6,30 @@
 Layout under ``out`` (``<base>``/``<other>`` = ``base_name``/``other_name``, or the checkpoint directories' names,
 sanitised; ``<comparison>`` = ``<base>__to__<other>``)::
 
-    <comparison>/manifest.json           what ran: analyses, texts per split, forward passes, timings, models
+    plotly-<version>.min.js              the one copy of plotly.js every figure below loads (relatively, offline)
+    <comparison>/manifest.json           what ran: analyses, keys, texts per split, forward passes, timings, models
     <comparison>/<analysis>/             pair analyses (weight_comparison, activation_comparison, ...) and
                                          sae_features (the base's SAE, read in both models: a comparison)
     <base>/<analysis>/, <other>/<analysis>/
-                                         per-model analyses (linear_probes, activation_separation, logit_lens,
-                                         tuned_lens): the result's rows of that model only
+                                         per-model analyses (linear_probes, knowledge_probe, activation_separation,
+                                         logit_lens, tuned_lens): the result's rows of that model only
     <base>/evals/, <other>/evals/        step 0, capabilities: ``evaluate_model``'s metrics (summary.json)
 
-Each analysis folder is ``AnalysisResult.save``: ``<name>.csv`` (+ one CSV per extra table), ``summary.json`` and
-``<name>.html`` (the interactive figure). Steps whose folder already exists are skipped (the seed's "the pipeline
-automatically skips steps whose output already exists"); ``force=True`` recomputes them. A per-model result is
-shared between comparisons: ``base -> gold`` then ``base -> unlearned`` in one ``out`` computes the base's probes
-once. Existence is the only test (as in the seed): after changing texts or settings, pass ``force=True`` or
-another ``out``.
+Each analysis folder is ``AnalysisResult.save``: ``<name>.csv`` (+ one CSV per extra table), ``summary.json``,
+``<name>.html`` (the interactive figure) and ``step.json``, whose key hashes the models' weights, the data and the
+options (``study_outputs``). A folder whose key matches is skipped; a changed key (another world, a retrained
+model, other texts or options) recomputes it and replaces it atomically; ``force=True`` recomputes everything. A
+per-model result is shared between comparisons: ``base -> gold`` then ``base -> unlearned`` in one ``out``
+computes the base's probes once.
 
-Inputs: the forget / retain texts are the world's, or ``forget_file`` / ``retain_file`` (``load_texts``; they
-override the world's). MCQ items (the lenses and step 0): the world's forget / retain items, or
-``mcq_forget_file`` / ``mcq_retain_file`` (``load_mcq``, WMDP / MMLU-style JSONL). Without items, the lenses and
-``evals`` are left out of the default set (noted in the manifest); naming them explicitly is an error.
-Every analysis sees at most ``max_samples`` texts per split (the SAE is fitted and the tuned lens trained on
-those texts too). All activation analyses share ONE forward pass per (model, split)
-(``run_analyses``); ``lipschitzness`` adds its own perturbed passes (see its summary).
+Inputs (``study_inputs``): the world's texts and MCQ items or the user's files; every analysis sees at most
+``max_samples`` texts per split (the SAE is fitted and the tuned lens trained on those texts too). All activation
+analyses share ONE forward pass per (model, split) (``run_analyses``); ``lipschitzness`` adds its own perturbed
+passes and Jacobian-vector products (see its summary).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,61 +38,31 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mechunlearn.data import load_mcq, load_texts
-from mechunlearn.numeric import to_python
-from mechunlearn.storage import write_json
-from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, WeightAnalysis,
-                                          available_analyses, get_analysis)
+from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult, WeightAnalysis, get_analysis
+from mechunlearn.diagnostics.figures import shared_plotlyjs
 from mechunlearn.diagnostics.runner import RunStats, build_analyses, check_comparable, run_analyses
+from mechunlearn.diagnostics.study_inputs import (EVALS, derived_options, load_mcq_items, load_splits,
+                                                  select_analyses)
+from mechunlearn.diagnostics.study_outputs import (is_current, model_name_for, result_for_model, sanitise,
+                                                   step_record, write_manifest)
+from mechunlearn.numeric import to_python
+from mechunlearn.storage import checkpoint_digest, config_digest, texts_digest
 
 __all__ = ["diagnose", "result_for_model", "model_name_for", "EVALS", "COMPARISON_OUTPUT", "SEED_CSV"]
 
-EVALS = "evals"  # step 0: per-model capabilities, selectable like an analysis
 # Model-scope analyses whose result is a comparison with the base (the SAE is fitted on the base model and its
 # frame holds one row per feature per NON-base model), so they are written to the comparison folder.
 COMPARISON_OUTPUT = frozenset({"sae_features"})
-NEEDS_MCQ = frozenset({"logit_lens", "tuned_lens", EVALS})
 # The seed's file name for an analysis' main frame, where Appendix A fixes one: written as an extra table too.
 SEED_CSV = {"weight_comparison": "per_matrix"}
-
-
-# ----------------------------------------------------------------------------------------------------- names
-def _sanitise(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("--", "_")).strip("._")
-    return cleaned or "model"
-
-
-def model_name_for(directory: str | Path) -> str:
-    """A folder name for a checkpoint: its directory's name, or ``org_name`` for an HF-cache snapshot."""
-    path = Path(directory)
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return _sanitise(path.parent.parent.name[len("models--"):])
-    return _sanitise(path.resolve().name)
-
-
-# ----------------------------------------------------------------------------------------- per-model results
-def result_for_model(result: AnalysisResult, model_name: str, model_names: Sequence[str]) -> AnalysisResult:
-    """The rows of ``model_name`` (frame and every table with a ``model`` column) and its part of the summary."""
-    def rows(frame):
-        return frame[frame["model"] == model_name].reset_index(drop=True) if "model" in frame.columns else frame
-
-    others = set(model_names) - {model_name}
-    summary: dict[str, Any] = {}
-    for key, value in result.summary.items():
-        if key in others:  # summaries keyed by model name (activation_separation)
-            continue
-        if key == "models" and isinstance(value, dict):  # or under "models" (probes, lenses)
-            value = {name: entry for name, entry in value.items() if name not in others}
-        summary[key] = value
-    return AnalysisResult(result.name, rows(result.frame), {k: rows(t) for k, t in result.tables.items()},
-                          summary | {"model": model_name}, result.plot)
+EVALS_INPUTS = ("texts", "mcq", "world")
 
 
 class _Tracked(ActivationAnalysis):
     """Feeds an activation analysis only the models it still has to compute, and times its own work.
 
-    The runner hands every model-scope analysis all models of the fused pass; a model whose output already
-    exists is filtered out here, so its statistics are not accumulated again. ``seconds`` is the time spent in the
+    The runner hands every model-scope analysis all models of the fused pass; a model whose output is current is
+    filtered out here, so its statistics are not accumulated again. ``seconds`` is the time spent in the
     analysis itself (start/update/result); the shared forward passes are accounted separately.
     """
 
@@ -131,72 +96,19 @@ class _Tracked(ActivationAnalysis):
         return self._timed(self.inner.result)
 
 
-# ------------------------------------------------------------------------------------------------- inputs
-def _texts(world, forget_file, retain_file, max_samples: int) -> dict[str, list[str]]:
-    if forget_file is not None or retain_file is not None:
-        if forget_file is None or retain_file is None:
-            raise ValueError("diagnose needs both texts files: pass forget_file= and retain_file= (--forget and "
-                             "--retain), or neither to use the world's texts")
-        splits = {"forget": load_texts(forget_file), "retain": load_texts(retain_file)}
-    elif world is not None:
-        splits = {"forget": world.forget_texts(), "retain": world.retain_texts()}
-    else:
-        raise ValueError("diagnose needs forget and retain texts: pass world= (--world) or both forget_file= and "
-                         "retain_file= (--forget F --retain R, .txt one text per line or .jsonl)")
-    splits = {name: [text for text in texts if text.strip()][:max_samples] for name, texts in splits.items()}
-    for name, texts in splits.items():
-        if not texts:
-            raise ValueError(f"the {name} texts are empty; pass at least one non-empty {name} text")
-    return splits
-
-
-def _mcq_items(world, mcq_forget_file, mcq_retain_file) -> dict[str, list]:
-    if mcq_forget_file is not None or mcq_retain_file is not None:
-        return {domain: load_mcq(path, domain=domain) for domain, path in
-                (("forget", mcq_forget_file), ("retain", mcq_retain_file)) if path is not None}
-    if world is not None:
-        return {domain: list(world.mcq_items(domain)) for domain in ("forget", "retain")}
-    return {}
-
-
-def _select(analyses: Sequence[str] | None, have_items: bool,
-            options: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    known = [EVALS, *available_analyses()]
-    unknown_options = sorted(set(options) - set(known))
-    if unknown_options:
-        raise ValueError(f"options given for unknown analyses {unknown_options}; known: {', '.join(known)}")
-    notes = []
-    if analyses is None:
-        names = [EVALS, *available_analyses()]
-        if not have_items:
-            names = [name for name in names if name not in NEEDS_MCQ]
-            notes.append("no MCQ items (no world, no mcq files): skipped " + ", ".join(sorted(NEEDS_MCQ)))
-        return names, notes
-    names = list(dict.fromkeys(name.strip() for name in analyses if name and name.strip()))
-    if not names:
-        raise ValueError(f"no analyses named; choose from: {', '.join(known)}")
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ValueError(f"unknown analysis {', '.join(map(repr, unknown))}; known analyses: {', '.join(known)}")
-    needing = [name for name in names if name in NEEDS_MCQ]
-    if needing and not have_items:
-        raise ValueError(f"{', '.join(needing)} need multiple-choice items: pass a world (--world) or "
-                         "mcq_forget_file= / mcq_retain_file= (WMDP / MMLU-style .jsonl)")
-    return names, notes
-
-
-def _options_for(name: str, cls: type, user: dict[str, Any], *, items, splits, progress: bool) -> dict[str, Any]:
-    """Constructor options: what the inputs give (items, texts), then the user's options on top."""
-    defaults: dict[str, Any] = {}
-    if name in ("logit_lens", "tuned_lens") and not {"items", "world"} & set(user):
-        defaults["items"] = [item for domain in ("forget", "retain") for item in items.get(domain, [])]
-    if name == "tuned_lens":
-        defaults["train_texts"] = splits["retain"]  # tuned-lens' own choice: fit the lens on ordinary text
-    if name == "sae_features" and not {"sae", "fit_texts", "world"} & set(user):
-        defaults["fit_texts"] = splits["forget"] + splits["retain"]
-    if "progress" in inspect.signature(cls.__init__).parameters:
-        defaults["progress"] = progress
-    return defaults | user
+def _data_fingerprint(inputs: Sequence[str], *, splits, items, world, batch_size: int,
+                      max_length: int) -> dict[str, Any]:
+    """The content of the data an analysis declares it reads (``Analysis.inputs``)."""
+    data: dict[str, Any] = {}
+    if "texts" in inputs:
+        data["texts"] = {split: texts_digest(texts) for split, texts in splits.items()}
+        data["batching"] = {"batch_size": batch_size, "max_length": max_length}
+    if "mcq" in inputs:
+        data["mcq"] = {domain: config_digest([item.__dict__ for item in domain_items])
+                       for domain, domain_items in items.items()}
+    if "world" in inputs or "facts" in inputs:
+        data["world"] = getattr(world, "content_hash", None)
+    return data
 
 
 # --------------------------------------------------------------------------------------------------- the entry point
@@ -212,9 +124,11 @@ def diagnose(base_dir: str | Path, other_dir: str | Path, *, out: str | Path = "
     ``analyses``: names (default: ``evals`` and every registered analysis the inputs allow); ``options``:
     ``{analysis name: constructor options}`` on top of what diagnose derives (e.g. ``{"tuned_lens": {"steps":
     50}, "sae_features": {"fit_options": {"training_tokens": 20_000}}}``; a given key replaces the derived one).
-    Returns the directories written by this call (skipped steps are not listed).
+    ``mcq_retain_file``: the general-knowledge MCQ file (MMLU analogue; ``--mcq-general`` on the command line).
+    Returns the directories written by this call (outputs whose key was current are not listed).
     """
     from mechunlearn import models as model_io
+    from mechunlearn.provenance import environment
 
     started = time.perf_counter()
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples <= 0:
@@ -222,56 +136,79 @@ def diagnose(base_dir: str | Path, other_dir: str | Path, *, out: str | Path = "
     options = {name: dict(value) for name, value in (options or {}).items()}
     directories = {role: model_io.resolve_checkpoint_dir(path).resolve()
                    for role, path in (("base", base_dir), ("other", other_dir))}
-    names = {"base": _sanitise(base_name) if base_name else model_name_for(directories["base"]),
-             "other": _sanitise(other_name) if other_name else model_name_for(directories["other"])}
+    names = {"base": sanitise(base_name) if base_name else model_name_for(directories["base"]),
+             "other": sanitise(other_name) if other_name else model_name_for(directories["other"])}
     if names["base"] == names["other"]:
         raise ValueError(f"both models are named {names['base']!r} in the output layout; give them different names "
                          "(base_name= / other_name=, --base-name / --other-name)")
-    splits = _texts(world, forget_file, retain_file, max_samples)
-    items = _mcq_items(world, mcq_forget_file, mcq_retain_file)
+    splits = load_splits(world, forget_file, retain_file, max_samples)
+    items = load_mcq_items(world, mcq_forget_file, mcq_retain_file)
     mcq_from_files = mcq_forget_file is not None or mcq_retain_file is not None
-    selected, notes = _select(analyses, any(items.values()), options)
+    selected, notes = select_analyses(analyses, any(items.values()), world is not None, options)
     out = Path(out)
     comparison = f"{names['base']}__to__{names['other']}"
     log = (lambda message: tqdm.write(f"diagnose: {message}")) if progress else (lambda message: None)
+    digests = {names[role]: checkpoint_digest(directories[role]) for role in ("base", "other")}
+    settings = {"dtype": dtype, "max_samples": max_samples}
 
-    # ---- what is still to do: (analysis, folder, models it needs); existing folders are skipped
+    # ---- what is still to do: (analysis, folder, key); current folders are skipped
     classes = {name: (None if name == EVALS else get_analysis(name)) for name in selected}
+    constructor_options = {name: derived_options(name, cls, options.get(name, {}), world=world, items=items,
+                                                 splits=splits, progress=progress)
+                           for name, cls in classes.items() if cls is not None}
     todo: dict[str, dict[str, Path]] = {}  # analysis -> {model name or "" for the pair: folder}
+    steps: dict[tuple[str, str], dict[str, Any]] = {}
     skipped: list[str] = []
     for name, cls in classes.items():
         per_model = name == EVALS or (cls.scope == "model" and name not in COMPARISON_OUTPUT)
         targets = ({names[r]: out / names[r] / name for r in ("base", "other")} if per_model
                    else {"": out / comparison / name})
+        inputs = EVALS_INPUTS if cls is None else cls.inputs
+        data = _data_fingerprint(inputs, splits=splits, items=items, world=world, batch_size=batch_size,
+                                 max_length=max_length)
         for key, folder in targets.items():
-            if folder.is_dir() and not force:
+            model_digests = {key: digests[key]} if key else {names["base"]: digests[names["base"]],
+                                                            names["other"]: digests[names["other"]]}
+            step = step_record(name, models=model_digests, data=data, settings=settings,
+                               options=options.get(EVALS, {}) if cls is None else constructor_options[name])
+            steps[(name, key)] = step
+            if not force and is_current(folder, step["key"]):
                 skipped.append(str(folder.relative_to(out)))
-                log(f"{folder} exists, skipped (force=True recomputes)")
+                log(f"{folder} is current (key {step['key']}), skipped (force=True recomputes)")
             else:
+                if folder.exists() and not force:
+                    log(f"{folder} was computed from other inputs: recomputing")
                 todo.setdefault(name, {})[key] = folder
     # constructed before any model is loaded, so bad options fail at once
-    built = {name: build_analyses([name], {name: _options_for(name, classes[name], options.get(name, {}), items=items,
-                                                              splits=splits, progress=progress)})[0]
-             for name in todo if name != EVALS}
+    built = {name: build_analyses([name], {name: constructor_options[name]})[0] for name in todo if name != EVALS}
     needed = [role for role in ("base", "other")
               if any(key in ("", names[role]) for folders in todo.values() for key in folders)]
     loaded = {names[role]: model_io.load(directories[role], device=device, dtype=dtype) for role in needed}
     if len(loaded) == 2:
         check_comparable(*loaded.values())
+    plotlyjs = shared_plotlyjs(out) if todo else None
+    record_environment = environment(device=device, dtype=dtype)
 
     written: list[Path] = []
     records: dict[str, dict[str, Any]] = {}
     stats = RunStats()
-    evals_seconds: dict[str, float] = {}
 
-    def save(name: str, result: AnalysisResult, seconds: float) -> None:
+    def save(name: str, result: AnalysisResult | None, seconds: float,
+             per_model: dict[str, AnalysisResult] | None = None) -> None:
         if name in SEED_CSV:
             result = AnalysisResult(result.name, result.frame, {SEED_CSV[name]: result.frame, **result.tables},
-                                    result.summary, result.plot)
+                                    result.summary, result.plot, result.labels)
         for key, folder in todo[name].items():
-            part = result if key == "" else result_for_model(result, key, list(loaded))
-            written.append(part.save(folder))
+            if per_model is not None:
+                part = per_model[key]
+            else:
+                part = result if key == "" else result_for_model(result, key, list(loaded))
+            step = steps[(name, key)] | {"environment": record_environment,
+                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(seconds, 3)}
+            written.append(part.save(folder, plotlyjs=plotlyjs, step=step))
         records[name] = {"outputs": [str(folder.relative_to(out)) for folder in todo[name].values()],
+                         "keys": {str(folder.relative_to(out)): steps[(name, key)]["key"]
+                                  for key, folder in todo[name].items()},
                          "seconds": round(seconds, 3), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def models_for(name: str) -> dict[str, Any]:
@@ -280,15 +217,14 @@ def diagnose(base_dir: str | Path, other_dir: str | Path, *, out: str | Path = "
 
     # ---- step 0: capabilities of each model (evaluate_model: MCQ accuracy, NLL, collapse flags, ...)
     if EVALS in todo:
+        clock = time.perf_counter()
+        per_model = {}
         for model_name, model in models_for(EVALS).items():
-            clock = time.perf_counter()
-            result = _evaluate(model, model_name, world, splits, items, mcq_from_files, options.get(EVALS, {}))
-            result.summary["model_dir"] = str(directories["base" if model_name == names["base"] else "other"])
-            written.append(result.save(todo[EVALS][model_name]))
-            evals_seconds[model_name] = time.perf_counter() - clock
-        records[EVALS] = {"outputs": [str(folder.relative_to(out)) for folder in todo[EVALS].values()],
-                          "seconds": round(sum(evals_seconds.values()), 3),
-                          "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            per_model[model_name] = _evaluate(model, model_name, world, splits, items, mcq_from_files,
+                                              options.get(EVALS, {}))
+            per_model[model_name].summary["model_dir"] = str(
+                directories["base" if model_name == names["base"] else "other"])
+        save(EVALS, None, time.perf_counter() - clock, per_model=per_model)
 
     # ---- weight analyses: one call each (no forward passes), so each is timed on its own
     for name, analysis in built.items():
@@ -314,29 +250,29 @@ def diagnose(base_dir: str | Path, other_dir: str | Path, *, out: str | Path = "
         notes.append(f"fused activation pass: {fused_seconds:.2f} s in all, of which "
                      f"{fused_seconds - sum(t.seconds for t in tracked):.2f} s shared forward passes")
 
-    # ---- self-contained analyses (the lenses): their own passes over the MCQ items, per model
+    # ---- self-contained analyses (lenses, knowledge probe): their own passes over their own data, per model
     for name, analysis in built.items():
         if not isinstance(analysis, (WeightAnalysis, ActivationAnalysis)):
             clock = time.perf_counter()
             result = run_analyses([analysis], models_for(name))[name]
             save(name, result, time.perf_counter() - clock)
 
-    _write_manifest(out / comparison / "manifest.json", {
+    write_manifest(out / comparison / "manifest.json", {
         "comparison": comparison,
-        "base": {"name": names["base"], "dir": str(directories["base"])},
-        "other": {"name": names["other"], "dir": str(directories["other"])},
+        "base": {"name": names["base"], "dir": str(directories["base"]), "digest": digests[names["base"]]},
+        "other": {"name": names["other"], "dir": str(directories["other"]), "digest": digests[names["other"]]},
         "world": getattr(world, "content_hash", None),
         "texts": {"forget_file": str(forget_file) if forget_file else None,
                   "retain_file": str(retain_file) if retain_file else None,
-                  "per_split": {split: len(texts) for split, texts in splits.items()}},
+                  "per_split": {split: len(texts) for split, texts in splits.items()},
+                  "digests": {split: texts_digest(texts) for split, texts in splits.items()}},
         "mcq_items": {domain: len(domain_items) for domain, domain_items in items.items()},
         "settings": {"max_samples": max_samples, "batch_size": batch_size, "max_length": max_length,
-                     "device": device, "dtype": dtype, "options": _describe(options)},
+                     "device": device, "dtype": dtype},
+        "environment": record_environment,
     }, records, {
         "selected": selected, "written": [str(path.relative_to(out)) for path in written], "skipped": skipped,
-        "forward_passes": _passes(stats),
-        "notes": notes, "wall_s": round(time.perf_counter() - started, 3),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        "forward_passes": _passes(stats), "notes": notes, "wall_s": round(time.perf_counter() - started, 3)})
     return written
 
 
@@ -365,32 +301,3 @@ def _passes(stats: RunStats) -> dict[str, dict[str, dict[str, int]]]:
     for (model, split), batches in stats.forward_passes.items():
         passes.setdefault(model, {})[split] = {"batches": batches, "texts": stats.texts[(model, split)]}
     return passes
-
-
-def _describe(options: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """Options as JSON: scalars and small lists as they are, anything else (items, SAEs, worlds) by its type."""
-    def describe(value):
-        if isinstance(value, dict):
-            return {str(k): describe(v) for k, v in value.items()}
-        if isinstance(value, (int, float, str, bool)) or value is None:
-            return value
-        if isinstance(value, (list, tuple)) and len(value) <= 16 and all(
-                isinstance(v, (int, float, str, bool)) for v in value):
-            return list(value)
-        return f"<{type(value).__name__}>"
-    return describe(options)
-
-
-def _write_manifest(path: Path, header: dict[str, Any], records: dict[str, dict[str, Any]],
-                    last_run: dict[str, Any]) -> None:
-    """Merge into an existing manifest: analyses skipped this time keep the record of the run that wrote them."""
-    previous: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-    analyses = dict(previous.get("analyses", {}))
-    analyses.update(records)
-    manifest = {**header, "analyses": analyses, "last_run": last_run}
-    write_json(path, manifest)

@@ -1,27 +1,25 @@
-"""Step 5, linear probes: at which layer can a linear read-out tell forget text from retain text?
+"""Step 5, linear probes (a TOPIC probe): at which layer can a linear read-out tell forget text from retain text?
 
 Per model and per residual-stream layer, the **last-token hidden state** of every forget and retain text is the
-feature vector of one sample (label 1 = forget, 0 = retain). A scikit-learn ``LogisticRegression(C=1.0,
-max_iter=1000)`` (``C`` and ``max_iter`` configurable) is scored by **stratified k-fold cross-validation**
-(``cv_folds=5``, shuffled with ``seed``): every sample is predicted by the probe trained on the other folds, and
-accuracy and AUC (``sklearn.metrics.roc_auc_score`` of the out-of-fold decision values) are computed over all
-samples at once. Cross-validation instead of one held-out split because the texts are few (a few hundred at
-most): every sample is used for testing once, so the estimate is less noisy.
+feature vector of one sample (label 1 = forget, 0 = retain), scored by the cross-validated probe of
+``mechunlearn.diagnostics.probing`` (``LogisticRegression(C=1.0, max_iter=1000)``, stratified k-fold, out-of-fold
+accuracy and AUC).
+
+What it measures: forget and retain texts differ in their topic and their names, so this probe separates them
+from layer 0 on even for the gold model, which never saw the forget data. It is the seed's step 5 kept as the
+seed defines it, a measure of how distinct the forget TOPIC is in each layer; whether the model still KNOWS the
+forget facts ("forgot" vs "hides") is ``knowledge_probe``'s question.
 
 Columns (``linear_probes.csv``): ``model, layer, accuracy, majority_baseline, selectivity, auc, n_forget,
 n_retain, hook``. ``majority_baseline`` = the larger class' share, ``selectivity`` = accuracy - baseline (the
-seed's definition). Layers use Hugging Face's ``hidden_states`` numbering like every activation analysis here:
-0 = embeddings (``blocks.0.hook_resid_pre``, ``include_embeddings=True``), ``l + 1`` = ``blocks.{l}.hook_resid_post``.
+seed's definition). Layers: 0 = embeddings (``include_embeddings=True``), ``l + 1`` = ``blocks.{l}.hook_resid_post``.
 
-Memory: a probe needs all its samples at once, so this is the one analysis that keeps rows instead of streaming
-statistics: ``texts x d_model`` float32 values per layer and model (one row per text, not per token), bounded
-by the runner's ``max_samples`` texts per split (500 by default: 1000 x 4096 x 4 bytes = 16 MB per layer for a
-7B-sized model).
+Memory: a probe needs all its samples at once, so this analysis keeps rows instead of streaming statistics:
+``texts x d_model`` float32 values per layer and model (one row per text, not per token), bounded by the runner's
+``max_samples`` texts per split (500 by default: 1000 x 4096 x 4 bytes = 16 MB per layer for a 7B-sized model).
 
-Difference from the seed: the features are standardised (``StandardScaler`` fitted inside each training fold,
-so nothing leaks from the test fold) before the logistic regression, because the residual stream's scale grows
-with depth and a fixed ``C`` would otherwise regularise each layer differently (and lbfgs converges badly on
-unscaled features). ``standardize=False`` gives the seed's plain ``LogisticRegression``.
+Difference from the seed: the features are standardised inside each training fold before the logistic
+regression (see ``probing``); ``standardize=False`` gives the seed's plain ``LogisticRegression``.
 """
 
 from __future__ import annotations
@@ -29,61 +27,23 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from mechunlearn.diagnostics.activation_norms import layer_figure, residual_stream_hooks
 from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult
+from mechunlearn.diagnostics.figures import layer_figure
+from mechunlearn.diagnostics.layers import residual_stream_hooks
+from mechunlearn.diagnostics.probing import forget_vs_retain_probe
 from mechunlearn.diagnostics.streaming import last_token_rows
 
-__all__ = ["LinearProbes", "probe_scores", "COLUMNS"]
+__all__ = ["LinearProbes", "COLUMNS"]
 
 COLUMNS = ["model", "layer", "accuracy", "majority_baseline", "selectivity", "auc", "n_forget", "n_retain", "hook"]
 
 
-def _probe_pipeline(C: float, max_iter: int, standardize: bool, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    return make_pipeline(StandardScaler(), probe) if standardize else probe
-
-
-def probe_scores(forget: Float[np.ndarray, "n_forget d"], retain: Float[np.ndarray, "n_retain d"], *,
-                 C: float = 1.0, max_iter: int = 1000, cv_folds: int = 5, standardize: bool = True,
-                 seed: int = 0) -> dict[str, float]:
-    """Cross-validated forget-vs-retain probe on two sets of feature rows.
-
-    Returns ``accuracy``, ``majority_baseline``, ``selectivity``, ``auc`` (out-of-fold, see the module
-    docstring). The number of folds is ``min(cv_folds, smaller class size)``.
-    """
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    n_forget, n_retain = len(forget), len(retain)
-    if min(n_forget, n_retain) < 2:
-        raise ValueError(f"a probe needs at least 2 forget and 2 retain texts, got {n_forget} forget and {n_retain} "
-                         "retain; pass more texts (or a larger max_samples)")
-    if cv_folds < 2:
-        raise ValueError(f"cv_folds must be at least 2, got {cv_folds}")
-    features = np.concatenate([forget, retain]).astype(np.float64)
-    labels = np.concatenate([np.ones(n_forget, dtype=int), np.zeros(n_retain, dtype=int)])
-    folds = StratifiedKFold(n_splits=min(cv_folds, n_forget, n_retain), shuffle=True, random_state=seed)
-    decision = cross_val_predict(_probe_pipeline(C, max_iter, standardize, seed), features, labels, cv=folds,
-                                 method="decision_function")
-    # LogisticRegression.predict is exactly "decision value > 0" for two classes.
-    accuracy = float(np.mean((decision > 0).astype(int) == labels))
-    baseline = max(n_forget, n_retain) / (n_forget + n_retain)
-    return {"accuracy": accuracy, "majority_baseline": baseline, "selectivity": accuracy - baseline,
-            "auc": float(roc_auc_score(labels, decision))}
-
-
 class LinearProbes(ActivationAnalysis):
-    """Per model and layer: a cross-validated logistic-regression probe of forget vs retain last-token states.
+    """Per model and layer: a cross-validated topic probe of forget vs retain last-token states.
 
     Options: ``C`` (1.0), ``max_iter`` (1000), ``cv_folds`` (5), ``standardize`` (True), ``seed`` (0),
     ``include_embeddings`` (True: also probe layer 0), ``layers`` (residual-stream layers to probe; default all),
@@ -92,7 +52,7 @@ class LinearProbes(ActivationAnalysis):
 
     name = "linear_probes"
     scope = "model"
-    description = "cross-validated logistic-regression probe of forget vs retain: accuracy, selectivity, AUC per layer"
+    description = "topic probe: forget-vs-retain text classifier on last-token states per layer (not knowledge)"
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, cv_folds: int = 5, standardize: bool = True,
                  seed: int = 0, include_embeddings: bool = True, layers: list[int] | None = None,
@@ -149,12 +109,13 @@ class LinearProbes(ActivationAnalysis):
                     raise ValueError(f"linear_probes: split {missing!r} was never fed; pass splits named "
                                      f"{positive!r} and {negative!r} (or set positive_split/negative_split)")
                 forget_rows, retain_rows = torch.cat(forget).numpy(), torch.cat(retain).numpy()
-                scores = probe_scores(forget_rows, retain_rows, C=self.C, max_iter=self.max_iter,
+                scores = forget_vs_retain_probe(forget_rows, retain_rows, C=self.C, max_iter=self.max_iter,
                                       cv_folds=self.cv_folds, standardize=self.standardize, seed=self.seed)
                 records.append({"model": model_name, "layer": layer, **scores, "n_forget": len(forget_rows),
                                 "n_retain": len(retain_rows), "hook": hook})
         frame = pd.DataFrame(records, columns=COLUMNS)
-        summary: dict[str, Any] = {"C": self.C, "max_iter": self.max_iter, "cv_folds": self.cv_folds,
+        summary: dict[str, Any] = {"measures": "topic (forget vs retain texts), not knowledge",
+                                   "C": self.C, "max_iter": self.max_iter, "cv_folds": self.cv_folds,
                                    "standardize": self.standardize, "models": {}}
         for model_name, group in frame.groupby("model", sort=False):
             best = group.loc[group["selectivity"].idxmax()]
@@ -167,4 +128,5 @@ class LinearProbes(ActivationAnalysis):
 
 def _plot(result: AnalysisResult):
     return layer_figure(result.frame, [("accuracy", "probe accuracy"), ("selectivity", "selectivity (acc - majority)"),
-                                       ("auc", "AUC")], ["model"], "Linear probes: forget vs retain, per layer")
+                                       ("auc", "AUC")], "Topic probe (linear_probes): forget vs retain text, per layer",
+                        color_by="model")

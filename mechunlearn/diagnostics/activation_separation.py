@@ -5,14 +5,13 @@ For every model (scope "model": the frame has a ``model`` column) and residual-s
 
 * ``cosine_distance``: ``1 - cos(mu_forget, mu_retain)`` between the two splits' token centroids (streaming
   means over every real token);
-* ``auc``: ROC AUC of a linear classifier (scikit-learn ``StandardScaler`` + ``LogisticRegression(C=1.0,
-  max_iter=1000)``, the seed's Step 5 probe) scored out of fold with ``cross_val_predict(method=
-  "decision_function")`` (stratified ``n_folds``-fold, unshuffled, so it is deterministic) and
-  ``roc_auc_score``. One example per *text*: its activations mean-pooled over its real tokens. Token-level
-  examples would make the classifier's memory grow with tokens; per-text pooling keeps at most
-  ``max_texts`` texts x ``d_model`` floats per (model, layer, split) and no token of one text lands in both a
-  training and a test fold. The scaler is there because residual streams have a few huge outlier dimensions
-  that otherwise dominate the L2 penalty and slow convergence;
+* ``auc``: out-of-fold ROC AUC of the same cross-validated topic probe as ``linear_probes``
+  (``mechunlearn.diagnostics.probing.forget_vs_retain_probe``: standardised ``LogisticRegression(C=1.0,
+  max_iter=1000)``, stratified ``n_folds``-fold shuffled with ``seed``), on one example per *text*: its
+  activations mean-pooled over its real tokens. Token-level examples would make the classifier's memory grow with
+  tokens; per-text pooling keeps at most ``max_texts`` texts x ``d_model`` floats per (model, layer, split) and no
+  token of one text lands in both a training and a test fold. NaN (undefined) with fewer than two texts in a
+  split. Like ``linear_probes`` this measures how distinct the forget TOPIC is, not knowledge;
 * ``variance_ratio``: Fisher-style ``trace(S_between) / trace(S_within)`` over tokens, with
   ``S_between = sum_k n_k (mu_k - mu)(mu_k - mu)^T`` and ``S_within = sum_k sum_i (x_i - mu_k)(x_i - mu_k)^T``;
   only traces are needed, so the streaming moments keep per-dimension variances, not ``d x d`` matrices.
@@ -22,7 +21,6 @@ The contrast is between the ``forget`` and ``retain`` splits (or the first two s
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -32,52 +30,36 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechunlearn.diagnostics.activation_norms import (contrast_splits, layer_figure, real_token_rows,
-                                                      require_started, require_updates, residual_stream_hooks)
-from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult
+from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, contrast_splits, require_started,
+                                          require_updates)
+from mechunlearn.diagnostics.figures import layer_figure
+from mechunlearn.diagnostics.layers import real_token_rows, residual_stream_hooks
+from mechunlearn.diagnostics.probing import forget_vs_retain_probe
 from mechunlearn.diagnostics.streaming import RunningMoments, mean_pooled_rows
+from mechunlearn.numeric import ratio
 
-__all__ = ["ActivationSeparation", "cross_validated_auc"]
-
-
-def cross_validated_auc(features: np.ndarray, labels: np.ndarray, *, n_folds: int = 5, C: float = 1.0,
-                        max_iter: int = 1000) -> float:
-    """Out-of-fold ROC AUC of a standardised logistic regression; NaN when a class has fewer than two examples."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    smallest_class = int(min(np.sum(labels == 1), np.sum(labels == 0)))
-    if smallest_class < 2:
-        return float("nan")
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-    folds = StratifiedKFold(n_splits=min(n_folds, smallest_class))
-    with warnings.catch_warnings():  # a fold that does not converge still gives a usable score
-        warnings.simplefilter("ignore")
-        scores = cross_val_predict(classifier, features, labels, cv=folds, method="decision_function")
-    return float(roc_auc_score(labels, scores))
+__all__ = ["ActivationSeparation"]
 
 
 class ActivationSeparation(ActivationAnalysis):
     """Forget-vs-retain separation of each model's residual stream, per layer (cosine, AUC, variance ratio).
 
     Options: ``max_texts`` (texts per split kept, mean-pooled, for the AUC; default 500, the seed's
-    ``--max-samples``), ``n_folds`` (5), ``C`` (1.0), ``max_iter`` (1000), ``layers`` (default all).
+    ``--max-samples``), ``n_folds`` (5), ``C`` (1.0), ``max_iter`` (1000), ``seed`` (0, the folds' shuffle),
+    ``layers`` (default all).
     """
 
     name = "activation_separation"
     scope = "model"
-    description = "forget-vs-retain centroid cosine distance, linear-probe AUC and Fisher variance ratio per layer"
+    description = "forget-vs-retain centroid cosine distance, topic-probe AUC and Fisher variance ratio per layer"
 
     def __init__(self, max_texts: int = 500, n_folds: int = 5, C: float = 1.0, max_iter: int = 1000,
-                 layers: Sequence[int] | None = None) -> None:
+                 seed: int = 0, layers: Sequence[int] | None = None) -> None:
         if max_texts < 2:
             raise ValueError(f"max_texts must be at least 2 (texts per split for the AUC), got {max_texts}")
         if n_folds < 2:
             raise ValueError(f"n_folds must be at least 2 for cross-validation, got {n_folds}")
-        self.max_texts, self.n_folds, self.C, self.max_iter = max_texts, n_folds, C, max_iter
+        self.max_texts, self.n_folds, self.C, self.max_iter, self.seed = max_texts, n_folds, C, max_iter, seed
         self.layers = None if layers is None else list(layers)
         self.models = None
 
@@ -121,13 +103,10 @@ class ActivationSeparation(ActivationAnalysis):
                 first, second = self._moments[(model_name, layer, target)], self._moments[(model_name, layer, control)]
                 pooled_first = torch.cat(self._pooled[(model_name, layer, target)]).numpy()
                 pooled_second = torch.cat(self._pooled[(model_name, layer, control)]).numpy()
-                features = np.concatenate([pooled_first, pooled_second])
-                labels = np.concatenate([np.ones(len(pooled_first)), np.zeros(len(pooled_second))])
                 rows.append({
                     "model": model_name, "layer": layer,
                     "cosine_distance": _cosine_distance(first.mean, second.mean),
-                    "auc": cross_validated_auc(features, labels, n_folds=self.n_folds, C=self.C,
-                                               max_iter=self.max_iter),
+                    "auc": self._auc(pooled_first, pooled_second),
                     "variance_ratio": _fisher_ratio([first, second]),
                     f"n_tokens_{target}": first.count, f"n_tokens_{control}": second.count,
                     f"n_texts_{target}": len(pooled_first), f"n_texts_{control}": len(pooled_second),
@@ -144,6 +123,12 @@ class ActivationSeparation(ActivationAnalysis):
             }
         return AnalysisResult(self.name, frame, summary=summary, plot=plot_separation)
 
+    def _auc(self, first: np.ndarray, second: np.ndarray) -> float:
+        if min(len(first), len(second)) < 2:
+            return float("nan")  # no cross-validated AUC exists with fewer than two texts in a split
+        return forget_vs_retain_probe(first, second, C=self.C, max_iter=self.max_iter, cv_folds=self.n_folds,
+                                      seed=self.seed)["auc"]
+
 
 def _cosine_distance(first: Tensor, second: Tensor) -> float:
     return float(1.0 - torch.nn.functional.cosine_similarity(first, second, dim=0))
@@ -155,10 +140,10 @@ def _fisher_ratio(groups: list[RunningMoments]) -> float:
     grand_mean = sum(group.mean * group.count for group in groups) / total
     between = sum(group.count * float(((group.mean - grand_mean) ** 2).sum()) for group in groups)
     within = sum(float(group.within_scatter.sum()) for group in groups)
-    return between / within if within > 0 else float("nan")
+    return ratio(between, within)
 
 
 def plot_separation(result: AnalysisResult):
-    return layer_figure(result.frame, [("auc", "linear-probe AUC"), ("cosine_distance", "centroid cosine distance"),
+    return layer_figure(result.frame, [("auc", "topic-probe AUC"), ("cosine_distance", "centroid cosine distance"),
                                        ("variance_ratio", "between / within variance")],
-                        ["model"], "Forget vs retain separation per layer")
+                        "Forget vs retain separation per layer", color_by="model")

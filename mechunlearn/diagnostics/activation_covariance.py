@@ -9,7 +9,8 @@ token covariance is accumulated with streaming moments (Chan's merge, float64) a
 * ``wasserstein``: ``scipy.stats.wasserstein_distance`` between the base and the other model's eigenvalue
   spectra seen as two empirical distributions of ``d`` values (in units of variance, so layers with larger
   activations give larger distances: compare splits within a layer);
-* ``selectivity`` (table ``selectivity``): ``W(forget) / W(retain)`` per layer; NaN when retain's is 0.
+* ``selectivity`` (table ``selectivity``): ``W(forget) / W(retain)`` per layer, by ``mechunlearn.numeric.ratio``:
+  NaN (undefined) when both are 0, inf when only retain's is.
 
 Memory: a ``d_model x d_model`` float64 matrix per (model, split, layer). When ``layers`` is not given, every
 layer is kept if that fits ``memory_budget_gb`` (default 2 GB), otherwise evenly spaced layers (first and last
@@ -18,7 +19,6 @@ included) that fit; the layers used are in the summary.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -29,11 +29,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechunlearn.diagnostics.activation_norms import (contrast_splits, layer_figure, ordered_splits,
-                                                      real_token_rows, require_started, require_updates,
-                                                      residual_stream_hooks)
-from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult
+from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, contrast_splits, ordered_splits,
+                                          require_started, require_updates)
+from mechunlearn.diagnostics.figures import layer_figure
+from mechunlearn.diagnostics.layers import real_token_rows, residual_stream_hooks
 from mechunlearn.diagnostics.streaming import RunningMoments
+from mechunlearn.numeric import ratio
 
 __all__ = ["ActivationCovariance", "effective_rank", "spectral_entropy", "covariance_eigenvalues"]
 
@@ -155,22 +156,20 @@ class ActivationCovariance(ActivationAnalysis):
 
 def _selectivity_table(frame: pd.DataFrame, target: str, control: str) -> pd.DataFrame:
     wide = frame.pivot(index="layer", columns="split", values="wasserstein")
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
-        ratio = wide[target] / wide[control].where(wide[control] > 0)
+    selectivity = [ratio(forget, retain) for forget, retain in zip(wide[target], wide[control])]
     return pd.DataFrame({"layer": wide.index, f"wasserstein_{target}": wide[target].to_numpy(),
                          f"wasserstein_{control}": wide[control].to_numpy(),
-                         "selectivity": ratio.to_numpy()}).reset_index(drop=True)
+                         "selectivity": selectivity}).reset_index(drop=True)
 
 
 def plot_covariance(result: AnalysisResult):
+    """Each model's effective rank and spectral entropy, and the distance between the two spectra, per layer."""
     frame = result.frame
-    long = pd.concat([frame.assign(model=name, effective_rank=frame[f"{name}_effective_rank"],
-                                   spectral_entropy=frame[f"{name}_spectral_entropy"],
-                                   # one distance per (layer, split): drawn once, on the base traces
-                                   wasserstein=frame["wasserstein"] if name == "base" else np.nan)
-                      for name in MODELS])
+    distance = f"W({result.label('base')}, {result.label('other')})"
+    long = pd.concat([frame.assign(model=result.label(name), effective_rank=frame[f"{name}_effective_rank"],
+                                   spectral_entropy=frame[f"{name}_spectral_entropy"], wasserstein=np.nan)
+                      for name in MODELS] + [frame.assign(model=distance, effective_rank=np.nan,
+                                                          spectral_entropy=np.nan, wasserstein=frame["wasserstein"])])
     panels = [("effective_rank", "effective rank"), ("spectral_entropy", "spectral entropy (nats)"),
-              ("wasserstein", "W(base spectrum, other spectrum)")]
-    return layer_figure(long, panels, ["model", "split"], "Activation covariance spectra per layer")
-
+              ("wasserstein", "Wasserstein distance between the spectra")]
+    return layer_figure(long, panels, "Activation covariance spectra per layer", color_by="model", dash_by="split")

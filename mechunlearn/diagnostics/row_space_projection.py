@@ -8,7 +8,8 @@ right singular vectors, the row space, of Hugging Face's ``dense_h_to_4h.weight 
 
 The measured quantity is the projection energy share over real tokens,
 ``sum_t ||U_k^T x_t||^2 / sum_t ||x_t||^2``, per split, with ``selectivity = share(forget) / share(retain)``
-(table ``selectivity``). ``random_baseline = k / d_model`` is the share an isotropic input would have.
+(table ``selectivity``; ``mechunlearn.numeric.ratio``: NaN when both shares are 0, inf when only retain's is).
+``random_baseline = k / d_model`` is the share an isotropic input would have.
 
 Which ``x``: the MLP input of the BASE model, ``ln2(resid)``. The question is whether the update targets the
 inputs the original model computes on forget text; the other model's inputs would already carry the effects of
@@ -24,7 +25,6 @@ and a NaN selectivity.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -34,10 +34,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechunlearn.diagnostics.activation_norms import (contrast_splits, layer_figure, ordered_splits,
-                                                      real_token_rows, require_started, require_updates)
-from mechunlearn.diagnostics.base import ActivationAnalysis, AnalysisResult
+from mechunlearn.diagnostics.base import (ActivationAnalysis, AnalysisResult, contrast_splits, ordered_splits,
+                                          require_started, require_updates)
+from mechunlearn.diagnostics.figures import color_for, integer_layer_axes, layer_figure
+from mechunlearn.diagnostics.layers import real_token_rows
 from mechunlearn.hooks.names import mlp_in
+from mechunlearn.numeric import ratio
 
 __all__ = ["RowSpaceProjection", "input_directions"]
 
@@ -88,8 +90,7 @@ class RowSpaceProjection(ActivationAnalysis):
             energy = float((singular_values ** 2).sum())
             subspace_rows.append({
                 "layer": layer, "k": directions.shape[1], "rank": rank, "dW_in_fro": energy ** 0.5,
-                "top_k_energy_share": float((singular_values[: directions.shape[1]] ** 2).sum()) / energy
-                if energy > 0 else float("nan"),
+                "top_k_energy_share": ratio(float((singular_values[: directions.shape[1]] ** 2).sum()), energy),
                 "top_singular_value": float(singular_values[0]),
             })
         self._subspaces = pd.DataFrame(subspace_rows)
@@ -118,7 +119,7 @@ class RowSpaceProjection(ActivationAnalysis):
             for split in splits:
                 inside, total = self._energy[(split, layer)].tolist()
                 rows.append({"layer": layer, "split": split, "k": k,
-                             "projection_share": inside / total if total > 0 else float("nan"),
+                             "projection_share": ratio(inside, total),
                              "random_baseline": k / self._d_model, "n_tokens": self._tokens[(split, layer)]})
         frame = pd.DataFrame(rows)
         tables = {"subspaces": self._subspaces}
@@ -127,13 +128,12 @@ class RowSpaceProjection(ActivationAnalysis):
         if pair is not None:
             target, control = pair
             wide = frame.pivot(index="layer", columns="split", values="projection_share")
-            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                warnings.simplefilter("ignore")
-                ratio = wide[target] / wide[control].where(wide[control] > 0)
+            selectivity = pd.Series([ratio(forget, retain) for forget, retain in zip(wide[target], wide[control])],
+                                    index=wide.index)
             tables["selectivity"] = pd.DataFrame({
                 "layer": wide.index, f"share_{target}": wide[target].to_numpy(),
-                f"share_{control}": wide[control].to_numpy(), "selectivity": ratio.to_numpy()})
-            finite = ratio.replace([np.inf, -np.inf], np.nan)
+                f"share_{control}": wide[control].to_numpy(), "selectivity": selectivity.to_numpy()})
+            finite = selectivity.replace([np.inf, -np.inf], np.nan)
             summary["mean_selectivity"] = float(finite.mean()) if finite.notna().any() else None
             summary["max_selectivity_layer"] = int(finite.idxmax()) if finite.notna().any() else None
         for split in splits:
@@ -144,10 +144,13 @@ class RowSpaceProjection(ActivationAnalysis):
 def plot_row_space(result: AnalysisResult):
     frame = result.frame
     figure = layer_figure(frame, [("projection_share", "share of MLP-input energy in top-k dW_in directions")],
-                          ["split"], "Row-space projection per MLP layer")
+                          f"Row-space projection per MLP layer ({result.label('base')}'s inputs, "
+                          f"{result.label('other')}'s update)", color_by="split")
     import plotly.graph_objects as go
 
     baseline = frame.drop_duplicates("layer").sort_values("layer")
-    figure.add_trace(go.Scatter(x=baseline["layer"], y=baseline["random_baseline"], name="isotropic baseline k/d",
-                                mode="lines", line=dict(color="grey", dash="dot")))
+    figure.add_trace(go.Scatter(x=baseline["layer"].tolist(), y=baseline["random_baseline"].tolist(),
+                                name="isotropic baseline k/d", mode="lines",
+                                line=dict(color=color_for("chance"), dash="dot")))
+    integer_layer_axes(figure)
     return figure
