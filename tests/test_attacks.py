@@ -209,7 +209,7 @@ def test_robustness_table_against_direct_computation(tmp_path):
     assert row["unique_low"] <= row["unique"] <= row["unique_high"]
     assert set(table["attack"]) == {"none", "quantize"}
     markdown = markdown_table(table)
-    assert markdown.count("\n") == len(table) + 2 and "| m | quantize |" in markdown
+    assert markdown.count("\n") == len(table) + 2 and "| m | quantize | h |" in markdown
 
 
 def test_result_save_and_load_round_trip(tmp_path):

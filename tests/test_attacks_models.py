@@ -174,8 +174,23 @@ def test_cli_attack(tmp_path, micro_world, micro_base_dir, micro_gold_dir, capsy
                  str(micro_base_dir), "--attacks", "quantize", "--set", "quantize.bits=8",
                  "--set", "quantize.schemes=channel", *common]) == 0
     assert (tmp_path / "tables" / "robustness.md").read_text().count("| u | quantize |") == 1
+    table = pd.read_csv(tmp_path / "tables" / "robustness.csv")
+    assert set(table["model"]) == {"u", micro_gold_dir.name}  # --base given as u's directory is u, not a third model
     capsys.readouterr()
     assert main(["attack", "telepathy", "--model", str(micro_base_dir), *common]) == 2
     assert "known attacks" in capsys.readouterr().err
     assert main(["attack", "quantize", "--model", str(micro_base_dir), "--bits", "9", *common]) == 2
     assert "outside 2..8" in capsys.readouterr().err
+
+
+def test_table_reads_results_run_with_a_gold_reference(micro_base, micro_gold, attack_data):
+    from mechunlearn.attacks import robustness_table
+
+    attack = create_attack("quantize", **TINY["quantize"])
+    combined = attack.run(micro_base, attack_data, reference=micro_gold)
+    separate = {"m": attack.attack(micro_base, attack_data), "gold": attack.attack(micro_gold, attack_data)}
+    first = robustness_table({"quantize": {"m": combined, "gold": separate["gold"]}}, base=None)
+    second = robustness_table({"quantize": separate}, base=None)
+    pd.testing.assert_frame_equal(first, second)
+    assert combined.summary["vs_gold"]["all"]["difference"]["mean"] == pytest.approx(
+        first[(first["model"] == "m") & (first["attack"] == "quantize")]["all_vs_gold"].iloc[0])

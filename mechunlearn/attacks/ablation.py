@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mechunlearn.attacks.base import Attack, AttackConfig, AttackError, best_variant, working_copy
 from mechunlearn.attacks.data import AttackData
-from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_items
+from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_data, score_items
 
 __all__ = ["DirectionAblationConfig", "DirectionAblation", "ablate_direction", "outlier_token_ids", "outlier_ids",
            "residual_means"]
@@ -151,7 +151,7 @@ class DirectionAblation(Attack):
             raise AttackError(f"method_layers {bad} are out of range: the model has layers 0..{n_layers - 1}")
         working = working_copy(model)
         directions, outliers = self._directions(working, base, data)
-        before = score_items(working, data, data.items)
+        before = score_data(working, data)
         layer_sets: dict[str, tuple[int, ...]] = {}
         if config.single_layers:
             layer_sets.update({f"layer{layer}": (layer,) for layer in range(n_layers)})
@@ -166,7 +166,7 @@ class DirectionAblation(Attack):
                 hooks = [(f"blocks.{layer}.hook_resid_post", partial(ablate_direction, direction=per_layer[layer]))
                          for layer in layers]
                 with working.hooks(fwd_hooks=hooks):
-                    scores = score_items(working, data, data.items)
+                    scores = score_data(working, data)
                 scored.append(scores.assign(variant=variant, direction=kind, layers="-".join(map(str, layers))))
                 variants[variant] = forget_accuracy(scores)
         per_fact = pd.concat(scored, ignore_index=True)

@@ -135,6 +135,12 @@ class AttackResult(AnalysisResult):
     def facts(self) -> pd.DataFrame:
         return self.tables["facts"]
 
+    def own(self, table: str = "facts") -> pd.DataFrame:
+        """The attacked model's rows of a table (a result run with a gold reference also holds gold's rows, under
+        ``model == "gold"``)."""
+        rows = self.tables[table]
+        return rows[rows["model"] == "model"].drop(columns="model") if "model" in rows.columns else rows
+
     def save(self, directory: str | os.PathLike, html: bool = True) -> Path:
         """``<name>.csv``, one CSV per table, ``summary.json``, ``attack.json`` (name, tables, config) and
         ``<name>.html``, written into ``directory`` atomically (a failure leaves the previous one or nothing)."""

@@ -39,8 +39,6 @@ def vs_gold(facts: pd.DataFrame, gold_facts: pd.DataFrame, column: str = "after"
     ``column`` over the facts both tables hold. ``cache`` (a dict) reuses the test of identical value pairs (the
     permutation test is the slow part of a robustness table, and many rows repeat: gold against itself, the
     unchanged retain facts of the prompt attacks)."""
-    from mechunlearn.stats import paired_difference
-
     differences = {}
     for category in categories:
         mine = category_rows(facts, category)
@@ -56,10 +54,21 @@ def vs_gold(facts: pd.DataFrame, gold_facts: pd.DataFrame, column: str = "after"
         if cache is not None and key in cache:
             differences[category] = cache[key]
             continue
-        differences[category] = paired_difference(mine_values, gold_values).to_dict()
+        differences[category] = _paired(mine_values, gold_values)
         if cache is not None:
             cache[key] = differences[category]
     return differences
+
+
+def _paired(mine: np.ndarray, gold: np.ndarray) -> dict:
+    """``stats.paired_difference`` as a dict; one pair has an interval of one point and no p-value (scipy's
+    permutation test needs two observations)."""
+    from mechunlearn.stats import PairedDifference, bootstrap_interval, paired_difference
+
+    keep = ~(np.isnan(mine) | np.isnan(gold))
+    if keep.sum() < 2 and np.any(mine[keep] != gold[keep]):
+        return PairedDifference(bootstrap_interval(mine[keep] - gold[keep]), math.nan).to_dict()
+    return paired_difference(mine, gold).to_dict()
 
 
 def curve_metrics(curve: pd.DataFrame, gold_curve: pd.DataFrame, base_before: dict[str, float],

@@ -25,7 +25,7 @@ import pandas as pd
 from mechunlearn.attacks.base import Attack, AttackConfig, AttackError, best_variant, working_copy
 from mechunlearn.attacks.compare import curve_figure
 from mechunlearn.attacks.data import AttackData, FactItem, assert_no_leak, split_folds
-from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_items
+from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_data, score_items
 
 __all__ = ["FinetuneConfig", "RelearnConfig", "RetainFinetuneConfig", "Relearn", "RetainFinetune", "fold_texts"]
 
@@ -92,7 +92,7 @@ class _FinetuneAttack(Attack):
     def attack(self, model, data: AttackData, *, base=None, progress: bool = False):
         config = self.config
         runs = self.runs(data)
-        before = score_items(model, data, data.items)
+        before = score_data(model, data)
         curve_rows, retain_rows = [], []
         for lr in config.lrs:
             for fold, texts, measured in runs:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from mechunlearn.attacks.base import Attack, AttackConfig, AttackError, best_variant, working_copy
 from mechunlearn.attacks.data import AttackData
-from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_items
+from mechunlearn.attacks.scoring import facts_table, forget_accuracy, score_data, score_items
 
 __all__ = ["QuantizeConfig", "Quantize", "rtn_quantize", "quantize_model", "QUANTIZED_WEIGHTS"]
 
@@ -117,11 +117,11 @@ class Quantize(Attack):
 
     def attack(self, model, data: AttackData, *, base=None, progress: bool = False):
         config = self.config
-        before = score_items(model, data, data.items)
+        before = score_data(model, data)
         scored, variants = [], {}
         for scheme, bits, quantized in self._variants(model):
             variant = f"{scheme}-{bits}bit" if config.backend == "rtn" else f"bnb-{bits}bit"
-            scores = score_items(quantized, data, data.items).assign(variant=variant, scheme=scheme, bits=bits)
+            scores = score_data(quantized, data).assign(variant=variant, scheme=scheme, bits=bits)
             scored.append(scores)
             variants[variant] = forget_accuracy(scores)
             del quantized

@@ -20,13 +20,13 @@ import pandas as pd
 from mechunlearn.attacks.base import FORGET_CATEGORIES
 from mechunlearn.attacks.data import AttackData, FactItem
 
-__all__ = ["score_items", "category_intervals", "forget_accuracy", "SCORE_COLUMNS"]
+__all__ = ["score_items", "score_data", "category_intervals", "forget_accuracy", "facts_table", "SCORE_COLUMNS"]
 
 SCORE_COLUMNS = ["fact_id", "domain", "category", "correct", "cloze", "cloze_logprob", "mcq", "truth_ratio"]
 
 
 def score_items(model, data: AttackData, items: Sequence[FactItem], *, metrics: Sequence[str] = ("cloze", "mcq",
-                "truth_ratio"), batch_size: int = 64) -> pd.DataFrame:
+                "truth_ratio"), batch_size: int = 128) -> pd.DataFrame:
     """One row per item (in order) with the asked metrics (NaN where an item has no such probe or a metric was
     not asked); ``correct`` is the data's headline metric as 0/1."""
     from mechunlearn.evals import cloze_table, mcq_table, truth_ratios
@@ -59,6 +59,14 @@ def score_items(model, data: AttackData, items: Sequence[FactItem], *, metrics: 
         fill(truth_ratios(model, tokenizer, truth_items, batch_size), "R", "truth_ratio")
     frame["correct"] = frame[data.metric]
     return frame[SCORE_COLUMNS]
+
+
+def score_data(model, data: AttackData, *, batch_size: int = 128) -> pd.DataFrame:
+    """Every fact of ``data``: the forget facts with every metric, the retain facts with the headline metric only
+    (retain accuracy is what the robustness table reports; the forget facts are what the attacks are about)."""
+    forget = score_items(model, data, data.forget_items(), batch_size=batch_size)
+    retain = score_items(model, data, data.retain_items(), metrics=(data.metric,), batch_size=batch_size)
+    return pd.concat([forget, retain], ignore_index=True)
 
 
 def forget_accuracy(scores: pd.DataFrame, column: str = "correct") -> float:

@@ -18,7 +18,9 @@ model's curve and gold's.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -88,7 +90,9 @@ def _attack_all(model_id: str, model: Any, base: Any, data: AttackData, attacks:
             data.check_model(loaded)
         if uses_base and base is not None and loaded_base is None:
             loaded_base = _load(base, device)
+        started = time.perf_counter()
         result = attack.attack(loaded, data, base=loaded_base if uses_base else None, progress=progress)
+        result.summary["wall_s"] = round(time.perf_counter() - started, 3)
         result.summary["key"] = key
         result.summary["model_id"] = model_id
         if target is not None:
@@ -124,7 +128,8 @@ def run_attacks(models: Mapping[str, Any], data: AttackData, attacks: Sequence[s
         in_memory = [model_id for model_id, model in models.items() if not isinstance(model, (str, os.PathLike))]
         if in_memory or out is None:
             raise AttackError("workers > 1 needs every model as a checkpoint path and an output directory (out=...)")
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a forked child of a process whose OpenMP pool is running can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {model_id: pool.submit(_attack_all, model_id, model, base_model, data, attacks, configs,
                                              str(out), force, device, False, 1)
                        for model_id, model in models.items()}
@@ -148,20 +153,21 @@ def _row(model_id: str, attack: str, result: AttackResult, gold: AttackResult | 
          cache: dict) -> dict:
     from mechunlearn.attacks.scoring import category_intervals
 
-    facts = result.facts
-    intervals = category_intervals(facts)
+    facts = result.own("facts")
+    # the attack's own summary already holds these intervals (bootstraps are the slow part of a table)
+    intervals = result.summary if "forget" in result.summary else category_intervals(facts)
     row: dict[str, Any] = {"model": model_id, "attack": attack,
                            "headline": "" if column == "before" else result.summary.get("headline", "")}
     for category in FORGET_CATEGORIES:
         row.update(_interval_columns(category, (intervals["forget"].get(category) or {}).get(column)))
-    differences = vs_gold(facts, gold.facts, column, FORGET_CATEGORIES, cache) if gold is not None else {}
+    differences = vs_gold(facts, gold.own("facts"), column, FORGET_CATEGORIES, cache) if gold is not None else {}
     for category in FORGET_CATEGORIES:
         difference = differences.get(category)
         row.update({f"{category}_vs_gold": difference["difference"]["mean"] if difference else math.nan,
                     f"{category}_vs_gold_low": difference["difference"]["low"] if difference else math.nan,
                     f"{category}_vs_gold_high": difference["difference"]["high"] if difference else math.nan,
                     f"{category}_vs_gold_p": difference["p_value"] if difference else math.nan})
-    row.update(_interval_columns("retain", (intervals["retain"] or {}).get(column)))
+    row.update(_interval_columns("retain", (intervals.get("retain") or {}).get(column)))
     return row
 
 
@@ -183,11 +189,11 @@ def robustness_table(results: Mapping[str, Mapping[str, AttackResult]], *, gold:
         for model_id, result in per_model.items():
             row = _row(model_id, attack, result, gold_result, "after", cache)
             if "headline_curve" in result.tables:
-                curve = result.tables["headline_curve"]
+                curve = result.own("headline_curve")
                 at_ten = curve[(curve["step"] == 10) & (curve["category"] == "unique")]["accuracy"]
                 row["unique_at_step10"] = float(at_ten.iloc[0]) if len(at_ten) else math.nan
                 if base_result is not None:
-                    metrics = curve_metrics(curve, gold_result.tables["headline_curve"],
+                    metrics = curve_metrics(curve, gold_result.own("headline_curve"),
                                             _before(base_result), _before(gold_result))
                     for category in ("unique", "all"):
                         values = metrics.get(category, {})
@@ -198,7 +204,7 @@ def robustness_table(results: Mapping[str, Mapping[str, AttackResult]], *, gold:
 
 
 def _before(result: AttackResult) -> dict[str, float]:
-    facts = result.facts
+    facts = result.own("facts")
     return {category: float(category_rows(facts, category)["before"].mean())
             for category in FORGET_CATEGORIES if len(category_rows(facts, category))}
 
@@ -214,15 +220,23 @@ def _cell(row, prefix: str, signed: bool = False) -> str:
     return text
 
 
+def _short(headline: str) -> str:
+    """The headline variant without the budget that every model shares (lr and layer choices stay)."""
+    if headline.startswith(("suffix of", "prefix of", "individual")):
+        return ""
+    return headline.split(", step")[0]
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """The table's headline columns as Markdown: accuracies with intervals, differences to gold, retain."""
-    header = ["model", "attack", "forget unique", "shared", "inferred", "unique − gold", "all − gold", "retain",
-              "unique @10 steps", "steps to ½ gap"]
+    header = ["model", "attack", "variant", "forget unique", "shared", "inferred", "unique − gold", "all − gold",
+              "retain", "unique @10 steps", "steps to ½ gap"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
         steps = row.get("unique_steps_to_half_gap", math.nan)
         at_ten = row.get("unique_at_step10", math.nan)
-        cells = [str(row["model"]), str(row["attack"]), _cell(row, "unique"), _cell(row, "shared"),
+        variant = str(row.get("headline") or "")
+        cells = [str(row["model"]), str(row["attack"]), _short(variant), _cell(row, "unique"), _cell(row, "shared"),
                  _cell(row, "inferred"), _cell(row, "unique_vs_gold", True), _cell(row, "all_vs_gold", True),
                  _cell(row, "retain"),
                  "–" if at_ten is None or math.isnan(at_ten) else f"{at_ten:.2f}",

@@ -123,9 +123,8 @@ def _cmd_all(args) -> int:
     world, data = _data(args)
     specs = [spec.strip() for spec in args.models.split(",") if spec.strip()]
     base = args.base or ("base" if world is not None else None)
-    for role in (args.gold, base):
-        if role and role not in specs:
-            specs.append(role)
+    given = {spec.partition("=")[2] or spec for spec in specs} | set(specs)
+    specs += [role for role in dict.fromkeys((args.gold, base)) if role and role not in given]
     models, ids = _models(specs, world, args.quiet)
     gold_id, base_id = ids[args.gold], (ids[base] if base else None)
     attacks = [name.strip() for name in args.attacks.split(",")] if args.attacks else available_attacks()
