@@ -7,6 +7,7 @@
     mechunlearn unlearn --list
     mechunlearn eval MODEL [--world ...]
     mechunlearn diagnose --base A --other B [--analyses ...] [--max-samples 500] [--out outputs/]
+    mechunlearn attack --list | NAME --model M [--gold G] | all --models M1,M2 --gold G
     mechunlearn demo
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
 
@@ -26,7 +27,7 @@ from mechunlearn.cli.common import resolve_model_dir, resolve_world
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo", "study")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "demo", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
