@@ -92,8 +92,11 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Callable
     estimate = float(statistic(array))
     if n == 1 or np.all(array == array[0]):
         return Interval(estimate, estimate, estimate, n, level)
-    result = scipy_stats.bootstrap((array,), statistic, n_resamples=n_resamples, confidence_level=level,
-                                   method="percentile", rng=np.random.default_rng(seed), vectorized=False)
+    # The mean (the usual statistic) runs vectorised over all resamples at once: ~100x faster than one call each.
+    vectorized = statistic is np.mean
+    function = (lambda sample, axis=-1: np.mean(sample, axis=axis)) if vectorized else statistic
+    result = scipy_stats.bootstrap((array,), function, n_resamples=n_resamples, confidence_level=level,
+                                   method="percentile", rng=np.random.default_rng(seed), vectorized=vectorized)
     interval = result.confidence_interval
     return Interval(estimate, float(interval.low), float(interval.high), n, level)
 
@@ -125,7 +128,10 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         return PairedDifference(interval, math.nan)
     if np.all(differences == 0):
         return PairedDifference(interval, 1.0)
-    test = scipy_stats.permutation_test((differences,), np.mean, permutation_type="samples",
-                                        alternative="two-sided", n_resamples=max(n_resamples, 9999),
-                                        rng=np.random.default_rng(seed), vectorized=False)
+    if differences.size == 1:  # the exact sign-flip test of one pair: both signs are as extreme as the data
+        return PairedDifference(interval, 1.0)
+    test = scipy_stats.permutation_test((differences,), lambda sample, axis=-1: np.mean(sample, axis=axis),
+                                        permutation_type="samples", alternative="two-sided",
+                                        n_resamples=max(n_resamples, 9999), rng=np.random.default_rng(seed),
+                                        vectorized=True)
     return PairedDifference(interval, float(test.pvalue))

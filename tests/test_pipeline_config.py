@@ -60,7 +60,7 @@ def test_defaults_are_filled_in():
     ({"methods": {"npo": {"beta": "high"}}}, ["methods.npo", "beta", "'high'"]),
     ({"methods": {"npo": {"seed": 1}}}, ["methods.npo", "seeds"]),
     ({"methods": {"npo": {"preset": "big"}}}, ["methods.npo.preset", "world", "none"]),
-    ({"analyses": {"names": ["knowledge_probe"]}}, ["knowledge_probe", "linear_probes"]),
+    ({"analyses": {"names": ["knowledge_probbe"]}}, ["knowledge_probbe", "knowledge_probe", "linear_probes"]),
     ({"analyses": {"methods": ["rmu"]}, "methods": {"npo": {}}}, ["analyses.methods", "rmu"]),
     ({"data": {"forget": "f.txt", "world": "micro"}}, ["[data]", "both"]),
     ({"data": {"forget": "f.txt"}}, ["[models]", "needs a world"]),

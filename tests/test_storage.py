@@ -145,3 +145,14 @@ def test_environment_records_versions_threads_and_seeds():
     assert record["torch_threads"] == torch.get_num_threads() and record["seeds"] == [0, 1]
     assert record["dtype"] == "float32" and record["device"] == "cpu"
     json.dumps(record)
+
+
+def test_paired_difference_of_one_pair_and_vectorised_bootstrap_agree():
+    from mechunlearn.stats import bootstrap_interval, paired_difference
+
+    single = paired_difference([1.0], [0.0])
+    assert single.p_value == 1.0 and single.difference.mean == 1.0 and single.difference.n == 1
+    values = np.random.default_rng(0).normal(size=40)
+    vectorised = bootstrap_interval(values, seed=5)
+    one_by_one = bootstrap_interval(values, statistic=lambda sample: float(np.mean(sample)), seed=5)
+    assert vectorised.low == pytest.approx(one_by_one.low) and vectorised.high == pytest.approx(one_by_one.high)

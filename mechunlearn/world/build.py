@@ -58,7 +58,7 @@ def load_world(directory: str | os.PathLike) -> World:
     return world_from_files(files, directory / "tokenizer")
 
 
-def preset_cache_dir(size: str, seed: int = 0) -> Path:
+def preset_cache_dir(size: str, seed: int = 0, cache: str | os.PathLike | None = None) -> Path:
     """Where :func:`resolve_world` keeps the world of a size preset: ``cache_root()/worlds/SIZE-seedN-DIGEST``,
     the digest covering the store format and the preset's settings, so a changed generator never serves an
     old world from the cache."""
@@ -66,7 +66,7 @@ def preset_cache_dir(size: str, seed: int = 0) -> Path:
 
     config = make_config(size, seed)
     digest = config_digest({"format_version": store.FORMAT_VERSION, "config": config.to_dict()}, length=12)
-    return cache_root() / "worlds" / f"{size}-seed{seed}-{digest}"
+    return Path(cache or cache_root()) / "worlds" / f"{size}-seed{seed}-{digest}"
 
 
 def resolve_world(spec: str | os.PathLike | None = None, seed: int = 0) -> World:

@@ -21,17 +21,17 @@ _WORLDS: dict[tuple[str, str], Any] = {}  # (world_dir, content hash) -> World, 
 
 
 def locate_world(spec: str, seed: int, cache: Path | None) -> Path:
-    """A world directory: ``spec`` itself, or the preset ``spec`` built once into ``cache/worlds/SPEC-seedN``
-    (the same place ``mechunlearn.world.resolve_world`` uses when ``cache`` is the toolkit's cache)."""
-    from mechunlearn.storage import cache_root
+    """A world directory: ``spec`` itself, or the preset ``spec`` built once into the cache, where
+    ``mechunlearn.world.resolve_world`` keeps it too (``preset_cache_dir``: keyed by the preset's settings)."""
     from mechunlearn.world import build_world
+    from mechunlearn.world.build import preset_cache_dir
     from mechunlearn.world.generator import PRESETS
 
     path = Path(spec).expanduser()
     if path.is_dir():
         return path.absolute()
     if spec in PRESETS:
-        target = (cache or cache_root()) / "worlds" / f"{spec}-seed{seed}"
+        target = preset_cache_dir(spec, seed, cache)
         if not (target / "manifest.json").is_file():
             build_world(size=spec, seed=seed, out=target)
         return target.absolute()
