@@ -8,6 +8,7 @@
     mechunlearn eval MODEL [--world ...]
     mechunlearn diagnose --base A --other B [--analyses ...] [--max-samples 500] [--out outputs/]
     mechunlearn demo
+    mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -21,11 +22,11 @@ import argparse
 import importlib
 import sys
 
-from mechunlearn.cli.common import resolve_model_dir, resolve_world
+from mechunlearn.cli.common import quiet_output, resolve_model_dir, resolve_world
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if getattr(args, "takes_extra", False):
-            return args.handler(args, extra)
-        return args.handler(args)
+        with quiet_output(getattr(args, "quiet", False)):
+            if getattr(args, "takes_extra", False):
+                return args.handler(args, extra)
+            return args.handler(args)
     except (ValueError, FileNotFoundError, TrainingError) as error:
         print(f"mechunlearn {args.command}: error: {error}", file=sys.stderr)
         return 2
