@@ -89,7 +89,9 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    cuda_devices = [device] if device.type == "cuda" else []
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [torch.cuda.current_device() if device.index is None else device.index]
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         yield

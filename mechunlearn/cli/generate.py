@@ -65,7 +65,8 @@ def _render(completions, table, args) -> str:
         lines.append(f"{row.model:<{name_width}} | {wrapped[0]}")
         lines.extend(f"{'':<{name_width}} | {more}" for more in wrapped[1:])
     lines += ["", f"next token at step 1: probability (rank), top {args.top_k} of each model"]
-    cells = table.assign(cell=[f"{p:.4f} ({rank})" for p, rank in zip(table["probability"], table["rank"])])
+    cells = table.assign(cell=[f"{p:.4f} ({rank})" if p >= 1e-4 else f"{p:.1e} ({rank})"
+                               for p, rank in zip(table["probability"], table["rank"])])
     grid = cells.pivot(index="label", columns="model", values="cell")
     grid = grid.reindex(index=list(dict.fromkeys(cells["label"])), columns=list(completions["model"]))
     grid.index.name = grid.columns.name = None
