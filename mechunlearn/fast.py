@@ -20,7 +20,8 @@
   (``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``, ``hook_resid_mid``, ``hook_resid_post``...) fires.
 * ``Embed``: ``F.embedding`` instead of advanced indexing (same values, a much cheaper backward).
 
-Whether to take the fast path is decided at every call, so hooks added or removed later (``run_with_cache``,
+A hook point replaced by another module (an SAE spliced in by sae-lens' ``HookedSAETransformer``) counts as
+hooked. Whether to take the fast path is decided at every call, so hooks added or removed later (``run_with_cache``,
 ``run_with_hooks``, ``model.hooks()``, ``add_hook``) and config flags toggled later (``set_use_attn_result``...)
 are honoured. ``model.cfg``, parameter names, state-dict keys and hook names are unchanged; values agree with
 the plain model to float rounding (about 1e-6 in fp32).
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens import HookedTransformer
 from transformer_lens.components import Attention, Embed, LayerNorm, LayerNormPre, TransformerBlock
+from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.activation_functions import softcap_enabled
 
 __all__ = ["accelerate", "deaccelerate", "is_accelerated"]
@@ -65,8 +67,15 @@ def _has_hooks(*modules: nn.Module) -> bool:
     return _global_hooks_active()
 
 
+def _observed(*hook_points: nn.Module) -> bool:
+    """Whether a hook point is hooked or was replaced by another module (an SAE that sae-lens'
+    ``HookedSAETransformer.add_sae`` splices in its place): a fused path would skip either."""
+    return any(type(point) is not HookPoint for point in hook_points) or _has_hooks(*hook_points)
+
+
 def _has_hooks_anywhere(module: nn.Module) -> bool:
-    return _has_hooks(*module.modules())
+    spliced = any(type(child) is not HookPoint for name, child in module.named_children() if name.startswith("hook_"))
+    return spliced or _has_hooks(*module.modules())
 
 
 # ------------------------------------------------------------------------------------------------------ components
@@ -74,7 +83,7 @@ class FastLayerNorm(LayerNorm):
     """TransformerLens ``LayerNorm`` that runs ``F.layer_norm`` while its hook points are not hooked."""
 
     def forward(self, x):
-        if _has_hooks(self.hook_scale, self.hook_normalized) or x.shape[-1] != self.length:
+        if _observed(self.hook_scale, self.hook_normalized) or x.shape[-1] != self.length:
             return super().forward(x)
         if self.cfg.dtype in _FLOAT_DTYPES:
             if x.dtype != self.w.dtype:
@@ -89,7 +98,7 @@ class FastLayerNormPre(LayerNormPre):
     """TransformerLens ``LayerNormPre`` (centre and scale only) through ``F.layer_norm``."""
 
     def forward(self, x):
-        if _has_hooks(self.hook_scale, self.hook_normalized):
+        if _observed(self.hook_scale, self.hook_normalized):
             return super().forward(x)
         if self.cfg.dtype not in _FLOAT_DTYPES:
             x = x.to(torch.float32)
@@ -135,7 +144,7 @@ class FastAttention(Attention):
             return False
         if self.W_Q.device != query_input.device:
             return False
-        return not _has_hooks(self.hook_attn_scores, self.hook_pattern)
+        return not _observed(self.hook_attn_scores, self.hook_pattern)
 
     def _fast_rotary(self, x):
         """TransformerLens' ``apply_rotary`` (no cache offset, no mask) with a cat-based half rotation."""

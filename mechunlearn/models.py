@@ -11,12 +11,16 @@ an HF weight, which is what makes ``save`` exact and what unlearning needs (it t
 TransformerLens' processed view (folded LayerNorm, centred writing weights), call
 ``model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)`` on a copy.
 
+``sae_transformer=True`` builds sae-lens' ``HookedSAETransformer`` (a HookedTransformer subclass with ``add_sae`` /
+``run_with_saes``) with the same weights, config and fast paths, so SAELens users splice SAEs into our models.
+
 Every TransformerLens construction call of the toolkit lives in this module, so another backend (for example
 TransformerLens' ``TransformerBridge``) can be added here without touching methods or diagnostics.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -25,6 +29,7 @@ from typing import Any
 import einops
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.components import MLP
 
 from mechunlearn.fast import accelerate
 
@@ -41,6 +46,7 @@ __all__ = [
     "resolve_dtype",
     "resolve_checkpoint_dir",
     "attach_tokenizer",
+    "to_sae_transformer",
 ]
 
 SUPPORTED_ARCHITECTURE = "GPTNeoXForCausalLM"
@@ -122,7 +128,8 @@ def resolve_checkpoint_dir(path_or_name: str | os.PathLike, allow_download: bool
 
             return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
         raise CheckpointError(f"{name!r} is not a local directory and is not in the local Hugging Face cache; "
-                              "download it first (huggingface-cli download NAME) or pass allow_download=True")
+                              "download it first (huggingface-cli download NAME) or pass allow_download=True "
+                              "(--allow-download on the command line)")
     raise CheckpointError(f"checkpoint path {path} does not exist: pass a directory holding config.json, "
                           "or an HF hub name already in the local cache")
 
@@ -309,24 +316,21 @@ def _tokenizer_to_save(model: HookedTransformer):
 
 
 def from_hf(hf_model, tokenizer=None, *, device: str | torch.device = "auto",
-            dtype: str | torch.dtype = "auto", accelerated: bool = True) -> HookedTransformer:
+            dtype: str | torch.dtype = "auto", accelerated: bool = True,
+            sae_transformer: bool = False) -> HookedTransformer:
     """Wrap an in-memory ``GPTNeoXForCausalLM`` as a HookedTransformer with identical weights (copied).
 
     ``accelerated`` swaps in ``mechunlearn.fast``'s fused attention / LayerNorm paths, which are taken only while
     nothing hooks what they fuse away (every hook point keeps working); pass False for TransformerLens' own.
+    ``sae_transformer`` returns sae-lens' ``HookedSAETransformer`` instead (same weights, config and fast paths).
     """
     if type(hf_model).__name__ != SUPPORTED_ARCHITECTURE:
         raise CheckpointError(f"expected a {SUPPORTED_ARCHITECTURE}, got {type(hf_model).__name__}")
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     cfg = hooked_config_from_hf(hf_model.config.to_dict(), device=resolved_device, dtype=resolved_dtype)
-    model = HookedTransformer(cfg, move_to_device=False)
-    state_dict = _hooked_state_dict_from_hf(hf_model, cfg)
-    model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
-                                      center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
-    model.to(resolved_device, print_details=False).to(resolved_dtype, print_details=False)
-    if accelerated:
-        accelerate(model)
+    model = _build(cfg, _hooked_state_dict_from_hf(hf_model, cfg), accelerated=accelerated,
+                   sae_transformer=sae_transformer)
     return attach_tokenizer(model, tokenizer)
 
 
@@ -382,13 +386,14 @@ def _read_weights(checkpoint_dir: Path):
 
 def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
          *, allow_download: bool = False, n_ctx: int | None = None, tokenizer=None,
-         accelerated: bool = True) -> HookedTransformer:
+         accelerated: bool = True, sae_transformer: bool = False) -> HookedTransformer:
     """Load a GPT-NeoX checkpoint (directory or HF-cache name) as an unprocessed ``HookedTransformer``.
 
     ``n_ctx`` caps the positions TransformerLens precomputes rotary tables for (default: the checkpoint's
     ``max_position_embeddings``). The tokenizer saved beside the weights is attached when present; pass
     ``tokenizer=`` to use another one (its vocabulary must fit the model). ``accelerated`` (default) swaps in
-    ``mechunlearn.fast``'s fused paths, which keep every hook point (see ``from_hf``).
+    ``mechunlearn.fast``'s fused paths, which keep every hook point (see ``from_hf``). ``sae_transformer=True``
+    returns sae-lens' ``HookedSAETransformer`` (``add_sae``, ``run_with_saes``) with the same loading.
     """
     from transformers import AutoTokenizer
 
@@ -410,14 +415,59 @@ def load(path_or_name: str | os.PathLike, device: str | torch.device = "auto", d
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     cfg = hooked_config_from_hf(config_dict, device=resolved_device, dtype=resolved_dtype, n_ctx=n_ctx)
     cfg.model_name = checkpoint_dir.name if Path(path_or_name).exists() else str(path_or_name)
-    model = HookedTransformer(cfg, move_to_device=False)
-    model.load_and_process_state_dict(_hooked_state_dict_from_hf(hf_model, cfg), fold_ln=False,
-                                      center_writing_weights=False, center_unembed=False,
+    model = _build(cfg, _hooked_state_dict_from_hf(hf_model, cfg), accelerated=accelerated,
+                   sae_transformer=sae_transformer)
+    return attach_tokenizer(model, tokenizer)
+
+
+def to_sae_transformer(model: HookedTransformer, *, accelerated: bool = True) -> HookedTransformer:
+    """A ``HookedSAETransformer`` copy of an in-memory GPT-NeoX ``model`` (an unlearned one, say): same config,
+    weights (copied) and tokenizer. Hooks and spliced modules of ``model`` are not carried over; ``model`` is
+    left as it was."""
+    if model.cfg.original_architecture not in (None, SUPPORTED_ARCHITECTURE):
+        raise CheckpointError(f"to_sae_transformer copies GPT-NeoX models; {model.cfg.model_name!r} is a "
+                              f"{model.cfg.original_architecture}")
+    # Only the weights: SAEs already spliced into ``model`` hold no entries in its state dict.
+    state_dict = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    sae_model = _build(copy.deepcopy(model.cfg), state_dict, accelerated=accelerated, sae_transformer=True)
+    if model.tokenizer is not None:
+        sae_model.set_tokenizer(model.tokenizer, default_padding_side=model.tokenizer.padding_side)
+    return sae_model
+
+
+def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor], *, accelerated: bool,
+           sae_transformer: bool) -> HookedTransformer:
+    """An unprocessed HookedTransformer (or sae-lens' HookedSAETransformer) on ``cfg.device`` in ``cfg.dtype``."""
+    model_class = HookedTransformer
+    if sae_transformer:
+        from sae_lens import HookedSAETransformer as model_class
+    model = model_class(cfg, move_to_device=False)
+    if sae_transformer:
+        _mlp_hook_in_as_method(model)
+    model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False, refactor_factored_attn_matrices=False)
-    model.to(resolved_device, print_details=False).to(resolved_dtype, print_details=False)
+    model.to(cfg.device, print_details=False).to(cfg.dtype, print_details=False)
     if accelerated:
         accelerate(model)
-    return attach_tokenizer(model, tokenizer)
+    return model
+
+
+class _MLPWithHookIn(MLP):
+    """TransformerLens' ``MLP`` with sae-lens' ``hook_in`` fired by a method, not an instance attribute."""
+
+    def forward(self, x):
+        return super().forward(self.hook_in(x))
+
+
+def _mlp_hook_in_as_method(model: HookedTransformer) -> None:
+    """``HookedSAETransformer`` adds ``mlp.hook_in`` by setting ``mlp.forward`` to a lambda closed over that MLP;
+    ``copy.deepcopy`` keeps the closure, so a copied model would run the ORIGINAL model's MLP weights (attacks and
+    training work on copies). The same hook from a subclass' method survives copying."""
+    for block in model.blocks:
+        mlp = block.mlp
+        if type(mlp) is MLP and "forward" in mlp.__dict__ and hasattr(mlp, "hook_in"):
+            del mlp.__dict__["forward"]
+            mlp.__class__ = _MLPWithHookIn
 
 
 def save(model: HookedTransformer, directory: str | os.PathLike, *, extra_files: dict[str, str] | None = None) -> Path:

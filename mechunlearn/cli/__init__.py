@@ -10,6 +10,7 @@
     mechunlearn attack --list | NAME --model M [--gold G] | all --models M1,M2 --gold G
     mechunlearn demo
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
+    mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -23,11 +24,11 @@ import argparse
 import importlib
 import sys
 
-from mechunlearn.cli.common import resolve_model_dir, resolve_world
+from mechunlearn.cli.common import quiet_output, resolve_model_dir, resolve_world
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "demo", "study")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "generate", "demo", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if extra and not getattr(args, "takes_extra", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if getattr(args, "takes_extra", False):
-            return args.handler(args, extra)
-        return args.handler(args)
+        with quiet_output(getattr(args, "quiet", False)):
+            if getattr(args, "takes_extra", False):
+                return args.handler(args, extra)
+            return args.handler(args)
     except (ValueError, FileNotFoundError, TrainingError) as error:
         print(f"mechunlearn {args.command}: error: {error}", file=sys.stderr)
         return 2

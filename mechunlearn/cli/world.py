@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechunlearn.cli.common import add_common, resolve_world
+from mechunlearn.cli.common import add_common, add_download_flag, resolve_world
 
 
 def _cmd_world_build(args) -> int:
@@ -37,7 +37,7 @@ def _cmd_pretrain(args) -> int:
 def _cmd_info(args) -> int:
     from mechunlearn import models
 
-    model = models.load(args.model, device=args.device, dtype=args.dtype)
+    model = models.load(args.model, device=args.device, dtype=args.dtype, allow_download=args.allow_download)
     cfg = model.cfg
     info = {"model": args.model, "n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
             "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx,
@@ -74,4 +74,5 @@ def register(commands) -> None:
     info = commands.add_parser("info", help="config, parameter count and hook names of a checkpoint")
     info.add_argument("model", help="checkpoint directory or HF-cache name")
     add_common(info)
+    add_download_flag(info)
     info.set_defaults(handler=_cmd_info)
