@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainableWeights", "train", "select_parameters",
+           "mark_trainable",
            "cosine_schedule", "seeded_rng", "LOW_PRECISION"]
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -149,6 +150,16 @@ def select_parameters(model: torch.nn.Module, pattern: str | None,
         examples = ", ".join(name for name, _ in named[:6])
         raise ValueError(f"trainable-parameter pattern {pattern!r} matches no parameter; names look like: {examples}")
     return chosen
+
+
+def mark_trainable(model: torch.nn.Module, chosen: Sequence[tuple[str, torch.nn.Parameter]]) -> "TrainableWeights":
+    """Give exactly ``chosen`` (from ``select_parameters``) ``requires_grad`` and every other parameter of
+    ``model`` none (so it gets no gradient and stays bitwise equal); return them as ``TrainableWeights``. The caller
+    restores ``requires_grad`` afterwards if the model is not its own copy."""
+    chosen_ids = {id(parameter) for _, parameter in chosen}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in chosen_ids)
+    return TrainableWeights(chosen)
 
 
 class TrainableWeights:

@@ -37,7 +37,7 @@ import torch
 from mechunlearn.batching import TokenBatch, iter_batches
 from mechunlearn.methods.base import UnlearnContext, UnlearningMethod
 from mechunlearn.storage import atomic_directory
-from mechunlearn.training import (TrainConfig, TrainableWeights, TrainResult, seeded_rng, select_parameters,
+from mechunlearn.training import (TrainConfig, TrainResult, mark_trainable, seeded_rng, select_parameters,
                                   train)
 
 __all__ = ["PairedBatchSource", "UnlearnResult", "HooksPresentError", "unlearn", "run", "run_name", "run_key",
@@ -205,11 +205,8 @@ def unlearn(model, method: UnlearningMethod, forget_texts: Sequence[str], retain
     kept = {id(handle) for _, _, handle in _handles(model)}
     requires_grad_before = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        chosen = select_parameters(model, method.trainable_pattern(model), exclude=FIXED_PARAMETERS)
-        chosen_ids = {id(parameter) for _, parameter in chosen}
-        for parameter in model.parameters():  # what does not train gets no gradient and stays bitwise equal
-            parameter.requires_grad_(id(parameter) in chosen_ids)
-        weights = TrainableWeights(chosen)
+        weights = mark_trainable(model, select_parameters(model, method.trainable_pattern(model),
+                                                          exclude=FIXED_PARAMETERS))
         context = UnlearnContext(tokenizer=model.tokenizer, reference=reference, forget_texts=list(forget_texts),
                                  retain_texts=list(retain_texts), world=world, device=device, progress=progress,
                                  weights=weights, max_length=max_length)

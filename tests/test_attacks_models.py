@@ -101,7 +101,8 @@ def test_gcg_solves_a_planted_target_and_its_loss_never_increases(micro_gold, mi
     start = GCG(GCGConfig(steps=1, suffix_tokens=4, top_k=1, batch_size=1, max_facts=None)).attack(
         micro_gold, AttackData(items=candidates, forget_texts=[], retain_texts=[]))
     unsolved = set(start.frame[start.frame["solved_at_step"] != 0]["fact_id"])
-    target = next(item for item in candidates if item.fact_id in unsolved)
+    wrong_before = set(start.facts[~start.facts["before"].astype(bool)]["fact_id"])
+    target = next(item for item in candidates if item.fact_id in unsolved & wrong_before)
     data = AttackData(items=[target, *attack_data.retain_items()[:3]], forget_texts=[], retain_texts=[])
     result = GCG(config).attack(micro_gold, data)
     row = result.frame.iloc[0]

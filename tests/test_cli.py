@@ -67,3 +67,12 @@ def test_unlearn_and_eval_on_files(tmp_path, toy_model_dir, toy_texts, capsys):
     assert code == 0, capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out)
     assert "forget_nll" in printed["metrics"] and "ga__" in printed["run"]
+
+
+@pytest.mark.parametrize("command", [["unlearn", "ga"], ["eval", "x"], ["diagnose", "--base", "a", "--other", "b"],
+                                     ["attack", "relearn", "--model", "x"], ["info", "x"], ["generate", "x"]])
+def test_commands_that_load_a_checkpoint_take_allow_download(command):
+    from mechunlearn.cli import build_parser
+
+    args, _ = build_parser().parse_known_args([*command, "--allow-download"])
+    assert args.allow_download is True

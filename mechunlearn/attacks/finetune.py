@@ -109,11 +109,11 @@ class _FinetuneAttack(Attack):
         from mechunlearn.batching import TextBatchSource
         from mechunlearn.evals.nll import context_length
         from mechunlearn.models import FIXED_PARAMETERS
-        from mechunlearn.training import TrainConfig, select_parameters, train
+        from mechunlearn.training import TrainConfig, mark_trainable, select_parameters, train
 
         config = self.config
         working = working_copy(model)
-        parameters = select_parameters(working, None, exclude=FIXED_PARAMETERS)
+        parameters = mark_trainable(working, select_parameters(working, None, exclude=FIXED_PARAMETERS))
         max_length = min(config.max_length, context_length(working))
         source = TextBatchSource(working.tokenizer, texts, config.batch_size, max_length, seed=config.seed)
         last = max(config.eval_steps)
@@ -129,7 +129,7 @@ class _FinetuneAttack(Attack):
             if step + 1 in config.steps:
                 frames.append(score_items(current, data, measured, metrics=config.curve_metrics).assign(step=step + 1))
 
-        train(working, _nll_step, source, train_config, parameters=parameters, before_step=measure,
+        train(working, _nll_step, source, train_config, parameters=parameters, after_step=measure,
               description=description)
         retain = score_items(working, data, data.retain_items(), metrics=(data.metric,)).assign(step=last)
         return pd.concat(frames, ignore_index=True), retain

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechunlearn.cli.common import add_common, parse_extra_flags, resolve_model_dir, resolve_world
+from mechunlearn.cli.common import add_common, add_download_flag, parse_extra_flags, resolve_model_dir, resolve_world
 
 
 def _model_id(spec: str, directory: Path) -> str:
@@ -24,13 +24,14 @@ def _model_id(spec: str, directory: Path) -> str:
     return directory.parent.name if directory.name == "model" else directory.name
 
 
-def _models(specs: list[str], world, quiet: bool) -> tuple[dict[str, Path], dict[str, str]]:
+def _models(specs: list[str], world, quiet: bool,
+            allow_download: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
     """``{model id: checkpoint directory}`` and ``{spec as given: model id}``."""
     models: dict[str, Path] = {}
     ids: dict[str, str] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
-        directory = resolve_model_dir(path, world, progress=not quiet)
+        directory = resolve_model_dir(path, world, progress=not quiet, allow_download=allow_download)
         model_id = name or _model_id(path, directory)
         if model_id in models:
             raise ValueError(f"two models are called {model_id!r}; name them with id=DIR")
@@ -93,7 +94,8 @@ def _cmd_one(args, extra: list[str]) -> int:
     attack = create_attack(args.attack, **parse_extra_flags(extra))
     world, data = _data(args)
     specs = {"model": args.model, "gold": args.gold, "base": args.base}
-    directories = {role: resolve_model_dir(spec, world, progress=not args.quiet) for role, spec in specs.items() if spec}
+    directories = {role: resolve_model_dir(spec, world, progress=not args.quiet, allow_download=args.allow_download)
+                   for role, spec in specs.items() if spec}
     loaded = {role: models.load(directory, device=args.device, dtype=args.dtype) for role, directory in
               directories.items()}
     reference = {role: loaded[role] for role in ("gold", "base") if role in loaded}
@@ -125,7 +127,7 @@ def _cmd_all(args) -> int:
     base = args.base or ("base" if world is not None else None)
     given = {spec.partition("=")[2] or spec for spec in specs} | set(specs)
     specs += [role for role in dict.fromkeys((args.gold, base)) if role and role not in given]
-    models, ids = _models(specs, world, args.quiet)
+    models, ids = _models(specs, world, args.quiet, args.allow_download)
     gold_id, base_id = ids[args.gold], (ids[base] if base else None)
     attacks = [name.strip() for name in args.attacks.split(",")] if args.attacks else available_attacks()
     results = run_attacks(models, data, attacks, gold=gold_id, base=base_id, configs=_configs(args.set),
@@ -162,4 +164,5 @@ def register(commands) -> None:
     attack.add_argument("--out", default="outputs", help="output root (default: outputs)")
     attack.add_argument("--force", action="store_true", help="all: rerun results whose key matches")
     add_common(attack)
+    add_download_flag(attack)
     attack.set_defaults(handler=_cmd_attack, takes_extra=True)

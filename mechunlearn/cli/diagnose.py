@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mechunlearn.cli.common import add_common, resolve_model_dir, resolve_world
+from mechunlearn.cli.common import add_common, add_download_flag, resolve_model_dir, resolve_world
 
 ANALYSES_MARKER = "{analyses}"
 
@@ -49,8 +49,8 @@ def _cmd_diagnose(args) -> int:
     own_data = any((args.forget, args.retain, args.mcq_forget, args.mcq_general))
     needs_world = args.world is not None or not own_data or {args.base, args.other} & {"base", "gold"}
     world = resolve_world(args.world, args.seed) if needs_world else None
-    base_dir = resolve_model_dir(args.base, world, progress=not args.quiet)
-    other_dir = resolve_model_dir(args.other, world, progress=not args.quiet)
+    base_dir = resolve_model_dir(args.base, world, progress=not args.quiet, allow_download=args.allow_download)
+    other_dir = resolve_model_dir(args.other, world, progress=not args.quiet, allow_download=args.allow_download)
     analyses = [name.strip() for name in args.analyses.split(",")] if args.analyses else None
     # With the user's own texts or items and no --world, the world only located base / gold: do not mix its data in.
     data_world = world if args.world is not None or not own_data else None
@@ -89,4 +89,5 @@ def register(commands) -> None:
     diagnose.add_argument("--force", action="store_true", help="recompute every output, even those whose key is "
                           "current")
     add_common(diagnose)
+    add_download_flag(diagnose)
     diagnose.set_defaults(handler=_cmd_diagnose)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mechunlearn.cli.common import LONG_METRICS, add_common, resolve_model_dir, resolve_world
+from mechunlearn.cli.common import LONG_METRICS, add_common, add_download_flag, resolve_model_dir, resolve_world
 
 DATA_FLAGS = ("forget", "retain", "mcq_forget", "mcq_general")
 
@@ -40,8 +40,9 @@ def _cmd_eval(args) -> int:
     # base / gold name the world's reference models: they need a world to be found, even when the probes are
     # the user's own
     model_world = world if world is not None or args.model not in ("base", "gold") else resolve_world(None, args.seed)
-    model = models.load(resolve_model_dir(args.model, model_world, progress=not args.quiet), device=args.device,
-                        dtype=args.dtype)
+    model_dir = resolve_model_dir(args.model, model_world, progress=not args.quiet,
+                                  allow_download=args.allow_download)
+    model = models.load(model_dir, device=args.device, dtype=args.dtype)
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     if getattr(model, "tokenizer", None) is None and tokenizer is None and world is None:
         raise ValueError(f"{args.model} has no tokenizer saved beside its weights: pass --tokenizer DIR (the one "
@@ -50,8 +51,8 @@ def _cmd_eval(args) -> int:
     if args.gold:
         if world is None:
             raise ValueError("--gold needs the world's Truth-Ratio items: pass --world too")
-        gold = models.load(resolve_model_dir(args.gold, world, progress=not args.quiet), device=args.device,
-                           dtype=args.dtype)
+        gold_dir = resolve_model_dir(args.gold, world, progress=not args.quiet, allow_download=args.allow_download)
+        gold = models.load(gold_dir, device=args.device, dtype=args.dtype)
     evaluation = evaluate_model(
         model, world, tokenizer=tokenizer,
         forget_texts=load_texts(args.forget) if args.forget else None,
@@ -92,4 +93,5 @@ def register(commands) -> None:
     evaluate.add_argument("--max-texts", type=int, default=None, help="at most this many texts per NLL set")
     evaluate.add_argument("--out", help="also write metrics.json and the per-item tables (CSV) to this directory")
     add_common(evaluate)
+    add_download_flag(evaluate)
     evaluate.set_defaults(handler=_cmd_eval)

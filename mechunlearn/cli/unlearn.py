@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from mechunlearn.cli.common import LONG_METRICS, add_common, parse_extra_flags, resolve_model_dir, resolve_world
+from mechunlearn.cli.common import (LONG_METRICS, add_common, add_download_flag, parse_extra_flags,
+                                    resolve_model_dir, resolve_world)
 
 
 def _cmd_unlearn(args, extra: list[str]) -> int:
@@ -26,7 +27,7 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
         preset = "world" if args.model in ("base", "gold") and not (args.forget or args.retain) else None
     method = create(args.method, preset=None if preset == "none" else preset, **parse_extra_flags(extra))
     world, forget, retain = _unlearn_data(args)
-    model_dir = resolve_model_dir(args.model, world, progress=not args.quiet)
+    model_dir = resolve_model_dir(args.model, world, progress=not args.quiet, allow_download=args.allow_download)
     from mechunlearn.evals import evaluate_model
     from mechunlearn.unlearn import run
 
@@ -77,4 +78,5 @@ def register(commands) -> None:
                          "embedded world's tiny models), none (the seed pipeline's defaults), or auto (world for "
                          "--model base|gold on a world, else none)")
     add_common(unlearn)
+    add_download_flag(unlearn)
     unlearn.set_defaults(handler=_cmd_unlearn, takes_extra=True)
