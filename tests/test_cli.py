@@ -70,7 +70,7 @@ def test_unlearn_and_eval_on_files(tmp_path, toy_model_dir, toy_texts, capsys):
 
 
 @pytest.mark.parametrize("command", [["unlearn", "ga"], ["eval", "x"], ["diagnose", "--base", "a", "--other", "b"],
-                                     ["attack", "relearn", "--model", "x"], ["info", "x"], ["generate", "x"]])
+                                     ["attack", "relearn", "--model", "x"], ["info", "x"], ["generate", "--prompt", "hi", "x"]])
 def test_commands_that_load_a_checkpoint_take_allow_download(command):
     from mechunlearn.cli import build_parser
 
