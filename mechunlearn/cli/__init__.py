@@ -9,6 +9,7 @@
     mechunlearn diagnose --base A --other B [--analyses ...] [--max-samples 500] [--out outputs/]
     mechunlearn demo
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
+    mechunlearn figures OUT [--dest DIR] [--formats pdf,svg,png]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -26,7 +27,7 @@ from mechunlearn.cli.common import resolve_model_dir, resolve_world
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo", "study")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "demo", "study", "figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
