@@ -51,7 +51,8 @@ def test_every_figure_is_a_valid_pdf_svg_and_png(study_out, tmp_path):
         pdf = (tmp_path / "figures" / f"{name}.pdf").read_bytes()
         assert pdf.startswith(b"%PDF-1.") and pdf.rstrip().endswith(b"%%EOF")
         objects = _pdf_objects(pdf)
-        assert b"/FontFile2" in objects and b"/TrueType" in objects, name  # TrueType embedded (fonttype 42)
+        # the TrueType program embedded (fonttype 42: a /TrueType or a /CIDFontType2 font with its /FontFile2)
+        assert b"/FontFile2" in objects and (b"/TrueType" in objects or b"/CIDFontType2" in objects), name
         assert b"/Type3" not in objects, name
         svg = ElementTree.parse(tmp_path / "figures" / f"{name}.svg").getroot()
         assert svg.tag.endswith("svg") and svg.get("width", "").endswith("pt")

@@ -286,3 +286,11 @@ def test_report_and_figures_rerun_exactly_when_their_inputs_change(study_out, tm
     run_study(parse_study(report_study_table(out, world_dir, micro_cache, title="another title")), progress=False,
               log=lines.append)
     assert lines[-1].strip() == "report/index.html"  # mechunlearn run ends with the report's path
+
+
+def test_docs_state_every_signature_formula():
+    from mechunlearn.report.signature import SIGNATURE_COLUMNS
+
+    docs = (Path(__file__).parents[1] / "docs" / "report.md").read_text().replace("\\|", "|")
+    for column in SIGNATURE_COLUMNS:
+        assert f"`{column.name}`" in docs and column.formula in docs, column.name

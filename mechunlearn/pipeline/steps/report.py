@@ -48,7 +48,9 @@ class SignatureTableStep(StepKind):
         if not diagnostics:
             return
         inputs = {step.id: step.id for step in diagnostics}
-        yield Step(self.name, "tables/signature", {"labels": _table_labels(plan)}, inputs=inputs)
+        diagnosed = {step.model_id for step in diagnostics}
+        labels = {model_id: label for model_id, label in _table_labels(plan).items() if model_id in diagnosed}
+        yield Step(self.name, "tables/signature", {"labels": labels}, inputs=inputs)
 
     def complete(self, step: Step, folder: Path, record: dict[str, Any]) -> bool:
         return all((folder / name).is_file() for name in ("signature.csv", "signature.md", "signature_runs.csv"))
@@ -117,9 +119,10 @@ class ReportStep(StepKind):
             options = config["views"]
             forget_texts = [text for text in context.data().texts()[0] if text.strip()][: options["texts"]]
             base = context.model("models/base").load(context.device, config["dtype"])
-            models = {model_id: context.model(step_id).load(context.device, config["dtype"])
-                      for model_id, step_id in config["viewed"].items()}
-            views = compute_views(base, models, forget_texts, max_length=options["max_length"],
-                                  n_heads=options["heads"])
+            for model_id, step_id in config["viewed"].items():  # one viewed model in memory at a time
+                model = context.model(step_id).load(context.device, config["dtype"])
+                views += compute_views(base, {model_id: model}, forget_texts, max_length=options["max_length"],
+                                       n_heads=options["heads"])
+                del model
         written = write_report(outputs, staging, config["title"], signature=signature, views=views)
         return {"report": "index.html", "written": written["written"], "bytes": written["bytes"]}
