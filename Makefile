@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean figures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The publication figures of a study's outputs (PDF, SVG, PNG): make figures OUT=outputs/micro
+OUT ?= outputs/default
+figures: $(STAMP)
+	$(BIN)/mechunlearn figures $(OUT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -173,7 +173,7 @@ def test_force_names_and_propagation(micro_world, tmp_path):
 
     forced = _forced(plan, ["unlearned"])
     kinds = {plan.steps[step_id].kind for step_id in forced}
-    assert kinds == {"unlearned", "evals", "diagnostics", "methods_table"}
+    assert kinds == {"unlearned", "evals", "diagnostics", "methods_table", "signature_table", "report", "figures"}
     # base and gold evals do not read unlearned models: not forced
     assert "evals/base" not in forced and "evals/gold" not in forced and "models/base" not in forced
     assert _forced(plan, ["all"]) == set(plan.steps)

@@ -60,9 +60,9 @@ def test_serial_study_writes_the_layout_and_records(serial_run):
     out = result.out
     npo = sorted(step.id for step in result.plan.by_kind("unlearned") if step.config["method"] == "npo")
     assert len(npo) == 2 and len(result.plan.by_kind("unlearned")) == 3
-    assert set(result.status.values()) == {"ran"} and len(result.status) == 14
+    assert set(result.status.values()) == {"ran"} and len(result.status) == 17
     assert {step.kind for step in result.plan} == {"data", "reference", "unlearned", "evals", "diagnostics",
-                                                   "methods_table"}
+                                                   "methods_table", "signature_table", "report", "figures"}
     for step in result.plan:
         record = read_json(out / step.id / "step.json")
         assert record["key"] == step.key and record["step"] == step.kind
@@ -84,7 +84,7 @@ def test_serial_study_writes_the_layout_and_records(serial_run):
     assert (out / "diagnostics" / f"base__to__{npo[0].split('/')[2]}-{npo[0].split('/')[3]}-s0" /
             "weight_comparison" / "summary.json").is_file()
     manifest = read_json(out / "manifest.json")
-    assert manifest["status"] == "done" and manifest["study"] == "micro" and len(manifest["steps"]) == 14
+    assert manifest["status"] == "done" and manifest["study"] == "micro" and len(manifest["steps"]) == 17
     assert {entry["status"] for entry in manifest["steps"]} == {"ran"}
     assert all(isinstance(entry["wall_s"], float) for entry in manifest["steps"])
     evals = next(entry for entry in manifest["steps"] if entry["id"] == "evals/base")
@@ -94,7 +94,8 @@ def test_serial_study_writes_the_layout_and_records(serial_run):
         assert field in manifest["environment"]
     assert read_json(out / "study.resolved.json")["study"]["seeds"] == [0, 1]
     assert (out / "study.toml").read_text().startswith("# The micro study")
-    assert any(line.startswith("[14/14] done") for line in lines) and "Outputs in" in lines[-4]
+    assert any(line.startswith("[17/17] done") for line in lines) and "Outputs in" in lines[-7]
+    assert lines[-1].strip() == "report/index.html"
     assert all((out / "tables" / "methods" / name).is_file() for name in TABLES)
 
 
@@ -156,7 +157,7 @@ def test_rerun_skips_every_step(serial_run, make_study, capsys):
     assert main(["run", "micro", "--plan", "--out", str(result.out), "--set", f"data.world={given.data.world}",
                  "--set", f"study.cache={given.study.cache}"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-1].startswith("14 steps, 0 to run") and all(line.startswith("done") for line in printed[:-1])
+    assert printed[-1].startswith("17 steps, 0 to run") and all(line.startswith("done") for line in printed[:-1])
 
 
 def test_a_grid_and_a_changed_hyperparameter_rerun_exactly_what_depends_on_them(serial_run, make_study, tmp_path):
@@ -167,10 +168,12 @@ def test_a_grid_and_a_changed_hyperparameter_rerun_exactly_what_depends_on_them(
     grid = run_study(make_study(out, methods={"npo": {"beta": [0.05, 0.1]}}), progress=False, log=lambda line: None)
     new_npo = {step.model_id for step in grid.plan.by_kind("unlearned") if step.config["method"] == "npo"} - old_npo
     assert len(new_npo) == 2 and all(step_id.endswith(("-s0", "-s1")) for step_id in new_npo)
-    expected = {step.id for step in grid.plan if step.model_id in new_npo} | {"tables/methods"}
+    expected = {step.id for step in grid.plan if step.model_id in new_npo} | {"tables/methods", "tables/signature",
+                                                                              "report", "figures"}
     assert set(grid.ran) == expected
     assert {step.kind for step in grid.plan if step.id in expected} == {"unlearned", "evals", "diagnostics",
-                                                                         "methods_table"}
+                                                                         "methods_table", "signature_table",
+                                                                         "report", "figures"}
     runs, serial_runs = (pd.read_csv(folder / "tables" / "methods" / "runs.csv") for folder in (out, result.out))
     columns = [c for c in serial_runs.columns if c != "rank"]  # the grid adds an hp/beta column
     kept = runs[runs["model"].isin(old_npo)][columns].sort_values("model").reset_index(drop=True)
@@ -182,7 +185,7 @@ def test_a_grid_and_a_changed_hyperparameter_rerun_exactly_what_depends_on_them(
     changed = run_study(make_study(out, methods={"npo": {"beta": [0.05, 0.1]}, "ga_simple": {"lr": 1e-3}}),
                         progress=False, log=lambda line: None)
     ga = [step for step in changed.plan.by_kind("unlearned") if step.config["method"] == "ga_simple"]
-    assert set(changed.ran) == {ga[0].id, f"evals/{ga[0].model_id}", "tables/methods"}
+    assert set(changed.ran) == {ga[0].id, f"evals/{ga[0].model_id}", "tables/methods", "report", "figures"}
 
 
 def test_a_study_without_methods_tabulates_the_reference_models(serial_run, world_dir, micro_cache, tmp_path):
@@ -191,7 +194,8 @@ def test_a_study_without_methods_tabulates_the_reference_models(serial_run, worl
                        "cache": str(micro_cache)}, "data": {"world": str(world_dir)}, "evals": {"max_texts": 16},
              "analyses": {"names": ["weight_comparison"]}}
     result = run_study(parse_study(table), progress=False, log=lambda line: None)
-    assert result.ran == ["tables/methods"]  # base, gold, their evals and base -> gold: the same keys
+    # base, gold, their evals and base -> gold: the same keys; the tables and what reads them change
+    assert result.ran == ["tables/methods", "tables/signature", "report", "figures"]
     methods = pd.read_csv(out / "tables" / "methods" / "methods.csv")
     assert list(methods["model"]) == ["gold", "base"] and methods["rank"].isna().all()
     runs = pd.read_csv(out / "tables" / "methods" / "runs.csv")
@@ -201,7 +205,8 @@ def test_a_study_without_methods_tabulates_the_reference_models(serial_run, worl
 def test_force_reruns_a_stage_and_what_it_feeds(serial_run, make_study, tmp_path):
     out = copy_out(serial_run[0], tmp_path / "out")
     forced = run_study(make_study(out), force=["diagnostics"], progress=False, log=lambda line: None)
-    assert sorted(forced.ran) == sorted(step.id for step in forced.plan.by_kind("diagnostics"))
+    assert sorted(forced.ran) == sorted([step.id for step in forced.plan.by_kind("diagnostics")]
+                                        + ["tables/signature", "report", "figures"])
     assert tables_of(out) == tables_of(serial_run[0].out)
 
 
@@ -283,7 +288,7 @@ def test_submitit_local_executor_runs_steps_in_jobs(serial_run, make_study, tmp_
     out = copy_out(serial_run[0], tmp_path / "out")
     study = make_study(out, study={"executor": "submitit"}, submitit={"cluster": "local", "timeout_min": 10})
     result = run_study(study, force=["tables"], progress=False, log=lambda line: None)
-    assert result.ran == ["tables/methods"]
+    assert result.ran == ["tables/methods", "tables/signature", "report", "figures"]
     record = read_json(out / "tables" / "methods" / "step.json")
     assert record["environment"]["executor"] == "submitit" and record["environment"]["pid"] != os.getpid()
     assert tables_of(out) == tables_of(serial_run[0].out)

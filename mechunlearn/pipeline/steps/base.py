@@ -188,6 +188,9 @@ BUILTIN_STEP_KINDS: dict[str, str] = {
     "evals": "mechunlearn.pipeline.steps.evals:EvalsStep",
     "diagnostics": "mechunlearn.pipeline.steps.diagnostics:DiagnosticsStep",
     "methods_table": "mechunlearn.pipeline.steps.tables:MethodsTableStep",
+    "signature_table": "mechunlearn.pipeline.steps.report:SignatureTableStep",
+    "report": "mechunlearn.pipeline.steps.report:ReportStep",
+    "figures": "mechunlearn.pipeline.steps.figures:FiguresStep",
 }
 _USER_KINDS: dict[str, type[StepKind]] = {}
 _LOADED: dict[str, StepKind] = {}
