@@ -120,11 +120,9 @@ def test_results_render_in_jupyter_and_notebook_mode_is_opt_in():
     importlib.reload(mechunlearn.views)
     assert pio.renderers.default == before  # importing sets nothing
 
-    class Result(HTMLReprMixin, AnalysisResult):
-        pass
-
+    assert issubclass(AnalysisResult, HTMLReprMixin)  # every analysis (and attack) result draws itself
     frame = pd.DataFrame({"layer": range(12), "value": np.linspace(0, 1, 12)})
-    result = Result("probe", frame)
+    result = AnalysisResult("probe", frame)
     standalone = result._repr_html_()
     assert "<h4" in standalone and "12 rows x 2 columns (first 10 shown)" in standalone
     assert standalone.count("<tr") == 11 and "plotly-graph-div" in standalone

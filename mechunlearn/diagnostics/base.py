@@ -29,13 +29,15 @@ from typing import Any, ClassVar
 import pandas as pd
 from torch import Tensor
 
+from mechunlearn.views.notebook import HTMLReprMixin
+
 __all__ = ["AnalysisResult", "Analysis", "WeightAnalysis", "ActivationAnalysis", "register_analysis",
            "get_analysis", "available_analyses", "describe_analyses", "ANALYSES", "BUILTIN_ANALYSES", "layer_of",
            "check_comparable", "ordered_splits", "contrast_splits", "require_started", "require_updates"]
 
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(HTMLReprMixin):
     """Data first: ``frame`` (the main table), optional named ``tables``, a ``summary`` dict, then pictures.
 
     ``plot`` builds the plotly figure from the data (set by the analysis); ``labels`` maps the roles of a pair

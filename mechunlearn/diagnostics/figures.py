@@ -15,84 +15,19 @@ integer layer axes, and one shared copy of plotly.js for a whole folder tree of 
 
 from __future__ import annotations
 
-import numbers
 import os
-import re
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+# One palette for the whole toolkit (report, attacks, native, diagnostics): mechunlearn.views.palette.
+from mechunlearn.views.palette import SPLIT_DASH, Legend, color_for, dash_for, integer_layer_axes
+
 __all__ = ["color_for", "SPLIT_DASH", "Legend", "integer_layer_axes", "layer_figure", "shared_plotlyjs",
            "write_figure_html", "PLOTLYJS_NAME"]
 
-# Fixed colours: reference models first, then one per unlearning method (registry names), then series that recur
-# across figures (weight groups, components). Chosen from plotly's qualitative palettes, distinguishable in print.
-_FIXED = {
-    "base": "#3b3b3b", "gold": "#d4a017", "native": "#17becf",
-    "ga_simple": "#e377c2", "ga": "#d62728", "grad_diff": "#ff7f0e", "dpo": "#8c564b", "npo": "#1f77b4",
-    "simnpo": "#aec7e8", "rmu": "#2ca02c", "cb": "#98df8a", "lat": "#9467bd", "cb_lat": "#c5b0d5",
-    "wt_dist": "#7f7f7f", "wt_dist_reg": "#bcbd22", "whp": "#ff9896",
-    "attn": "#1f77b4", "mlp": "#d62728", "embed": "#7f7f7f",
-    "forget": "#d62728", "retain": "#1f77b4", "chance": "#9e9e9e",
-}
-_HASHED = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494", "#b3b3b3", "#1b9e77",
-           "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
-_STUDY_ID = re.compile(r"^(?P<method>[a-z_]+)-[0-9a-f]{6,}-s\d+$")  # docs/study.md: <method>-<config key>-s<seed>
-SPLIT_DASH = {"forget": "solid", "retain": "dash"}
 PLOTLYJS_NAME = "plotly-{version}.min.js"
-
-
-def color_for(name: str) -> str:
-    """The colour of a model or series name: fixed for known names, else a stable hash of the name."""
-    name = str(name)
-    if name in _FIXED:
-        return _FIXED[name]
-    match = _STUDY_ID.match(name)
-    if match and match["method"] in _FIXED:
-        return _FIXED[match["method"]]
-    for prefix in ("gold-", "native-"):  # per-source gold standards and switched native models
-        if name.startswith(prefix):
-            return _FIXED[prefix[:-1]]
-    return _HASHED[zlib.crc32(name.encode()) % len(_HASHED)]
-
-
-def dash_for(split: str) -> str:
-    return SPLIT_DASH.get(split, "dot")
-
-
-class Legend:
-    """One legend entry per name for the whole figure: ``add(figure, trace, name, row, col)`` shows the first."""
-
-    def __init__(self) -> None:
-        self.shown: set[str] = set()
-
-    def add(self, figure, trace, name: str, row: int | None = None, col: int | None = None) -> None:
-        trace.update(name=name, legendgroup=name, showlegend=name not in self.shown)
-        self.shown.add(name)
-        if row is None:
-            figure.add_trace(trace)
-        else:
-            figure.add_trace(trace, row=row, col=col)
-
-
-def integer_layer_axes(figure, max_ticks: int = 17) -> None:
-    """Layer axes tick at integers, at most ``max_ticks`` of them (every k-th layer).
-
-    For a figure whose x axes show layers (one of them is titled "layer"; in a column of subplots with a shared x
-    axis only the bottom one carries the title, so all of them are set).
-    """
-    axes = []
-    figure.for_each_xaxis(axes.append)
-    if not any(axis.title.text == "layer" for axis in axes):
-        return
-    layers = [float(value) for trace in figure.data if getattr(trace, "x", None) is not None
-              for value in trace.x if isinstance(value, numbers.Real) and not isinstance(value, bool)]
-    span = (max(layers) - min(layers)) if layers else 1
-    step = max(1, -(-int(span) // (max_ticks - 1)))
-    for axis in axes:
-        axis.update(tickmode="linear", tick0=0, dtick=step, tickformat="d")
 
 
 def layer_figure(frame: pd.DataFrame, panels: Sequence[tuple[str, str]], title: str, *, color_by: str,
