@@ -1,4 +1,6 @@
-"""``evals`` steps: ``evaluate_model`` on every model, ``evals/<model id>/metrics.json``.
+"""``evals`` steps: ``evaluate_model`` on every model, ``evals/<model id>/metrics.json`` and its per-item tables
+(``cloze.csv`` per fact, ``mcq.csv`` per question, ``truth_ratio.csv`` per item, ...: ``Evaluation.write``), which
+the methods table reads to compare a method with the gold standard fact by fact.
 
 Forget quality compares a model's forget Truth Ratios with the gold standard's, and collapse detection reads the
 base model's retain NLL, so an unlearned model's evals take ``evals/gold`` and ``evals/base`` as inputs (base's
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mechunlearn.pipeline.steps.base import Plan, Step, StepKind
-from mechunlearn.storage import read_json, write_json
+from mechunlearn.storage import read_json
 
 __all__ = ["EvalsStep", "placement_of"]
 
@@ -27,6 +29,7 @@ def placement_of(model) -> dict[str, Any]:
 
 class EvalsStep(StepKind):
     name, stage, order = "evals", "evals", 40
+    version = "2"  # 2: per-item tables next to metrics.json
 
     def plan(self, study, plan: Plan):
         models = {step.model_id: step for step in plan.model_steps() if not step.model_id.startswith("gold-")}
@@ -58,8 +61,9 @@ class EvalsStep(StepKind):
         if "base_evals" in context.inputs:
             base = read_json(context.inputs["base_evals"].folder / "metrics.json")
             comparisons["reference_retain_nll"] = base.get("retain_nll")
-        metrics = evaluate_model(model, **context.data().eval_arguments(), **comparisons,
-                                 max_texts=step.config["max_texts"] or None, batch_size=step.config["batch_size"])
-        write_json(staging / "metrics.json", metrics)
+        evaluation = evaluate_model(model, **context.data().eval_arguments(), **comparisons,
+                                    max_texts=step.config["max_texts"] or None, batch_size=step.config["batch_size"],
+                                    return_tables=True)
+        evaluation.write(staging)
         context.provenance["placement"] = placement_of(model)
         return {"metrics": "metrics.json", "model": reference.id, "role": reference.role}

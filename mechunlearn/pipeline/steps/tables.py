@@ -5,6 +5,14 @@
   ``<metric>/low``, ``<metric>/high``, ``n_seeds``; one seed or one model: bounds undefined);
 * ``runs.csv`` / ``runs.md``: one row per configuration and seed (the sweep table), with its hyper-parameters.
 
+``methods.csv`` also says how each method configuration compares with the gold standard on the world's forget
+facts, fact by fact (``vs_gold``: the mean over facts of (the method's correctness averaged over its seeds) minus
+(gold's), its bootstrap interval over facts and a paired permutation p-value, ``vs_gold/n`` facts; from the evals
+steps' ``cloze.csv``), and gives the **verdict** of the bar (``BAR``: forget-unique cloze <= 0.20 with retain cloze
+>= 90 % of base's): ``meets`` when the seed-mean meets it and the interval over seeds says so (forget's upper
+bound <= 0.20, retain's lower bound >= 90 % of base), ``meets on the mean`` when only the mean does, ``misses``
+otherwise (world data only; empty on the user's data).
+
 Both are ranked by one stated rule (``RULE``): configurations keeping the retain metric at >= 90 % of the base
 model's come first, by their forget metric (lower is better), then the others, by the same metric. The forget
 metric is exact cloze accuracy on the forget target's unique facts (``cloze/forget/unique``) when the data is a
@@ -22,7 +30,8 @@ from typing import Any
 from mechunlearn.pipeline.steps.base import Plan, Step, StepKind
 from mechunlearn.storage import atomic_write_text, read_json
 
-__all__ = ["MethodsTableStep", "TABLE_METRICS", "HEADLINE", "RULE", "markdown_table", "ranking_metrics"]
+__all__ = ["MethodsTableStep", "TABLE_METRICS", "HEADLINE", "RULE", "BAR", "VERDICTS", "markdown_table",
+           "ranking_metrics", "verdict", "gold_comparison"]
 
 TABLE_METRICS = ("cloze/forget/unique", "cloze/forget/shared", "cloze/forget/inferred", "cloze/retain/all",
                  "mcq_forget_acc", "mcq_general_acc", "truth_ratio/forget/unique", "forget_quality",
@@ -30,6 +39,9 @@ TABLE_METRICS = ("cloze/forget/unique", "cloze/forget/shared", "cloze/forget/inf
 HEADLINE = ("cloze/forget/unique", "cloze/retain/all", "mcq_forget_acc", "mcq_general_acc",
             "truth_ratio/forget/unique", "forget_quality", "familiarity_completion", "collapsed")
 RETAIN_SHARE = 0.9
+FORGET_BAR = 0.20
+BAR = f"forget-unique cloze <= {FORGET_BAR:g} with retain cloze >= {RETAIN_SHARE:g} x base's"
+VERDICTS = ("meets", "meets on the mean", "misses")
 RULE = (f"configurations whose retain metric is >= {RETAIN_SHARE:g} x the base model's come first, ranked by the "
         "forget metric (lower is better); then the others, by the same metric")
 
@@ -41,6 +53,37 @@ def ranking_metrics(base_metrics: dict[str, Any]) -> tuple[str, str]:
     forget = "cloze/forget/unique" if present("cloze/forget/unique") else "mcq_forget_acc"
     retain = "cloze/retain/all" if present("cloze/retain/all") else "mcq_general_acc"
     return forget, retain
+
+
+def verdict(forget: float, forget_high: float, retain: float, retain_low: float, base_retain: float) -> str:
+    """The bar's verdict for one configuration from its seed-mean and seed interval (nan bounds = one seed: the
+    interval cannot say so, so at best ``meets on the mean``)."""
+    if any(value is None or math.isnan(value) for value in (forget, retain, base_retain)):
+        return ""
+    floor = RETAIN_SHARE * base_retain
+    if not (forget <= FORGET_BAR and retain >= floor):
+        return VERDICTS[2]
+    if forget_high <= FORGET_BAR and retain_low >= floor:  # nan compares False
+        return VERDICTS[0]
+    return VERDICTS[1]
+
+
+def gold_comparison(method_tables: list["Any"], gold_table: "Any", category: str = "unique") -> dict[str, float]:
+    """Fact-by-fact comparison of a method configuration (its seeds' ``cloze.csv``) with gold's on the forget
+    target's ``category`` facts: ``vs_gold`` = mean over facts of (seed-averaged correctness - gold's), its
+    bootstrap interval over facts, the paired permutation p-value and the number of facts."""
+    from mechunlearn.stats import paired_difference
+
+    def forget_facts(table):
+        rows = table[(table["domain"] == "forget") & (table["category"] == category)]
+        return rows.set_index("fact_id")["correct"].astype(float)
+
+    method = sum(forget_facts(table) for table in method_tables) / len(method_tables)
+    gold = forget_facts(gold_table)
+    method, gold = method.align(gold, join="inner")
+    result = paired_difference(method.to_numpy(), gold.to_numpy())
+    return {"vs_gold": result.difference.mean, "vs_gold/low": result.difference.low,
+            "vs_gold/high": result.difference.high, "vs_gold/p": result.p_value, "vs_gold/n": result.difference.n}
 
 
 def _number(value: Any) -> float | None:
@@ -71,9 +114,20 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gold_cell(record: dict[str, Any]) -> str:
+    value = record.get("vs_gold")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    p_value = record["vs_gold/p"]
+    p_text = "n/a" if math.isnan(p_value) else (f"{p_value:.3f}" if p_value >= 0.001 else "<0.001")
+    return (f"{value:+.3f} [{record['vs_gold/low']:+.3f}, {record['vs_gold/high']:+.3f}] "
+            f"(p {p_text}, n {int(record['vs_gold/n'])})")
+
+
 class MethodsTableStep(StepKind):
     name, stage, order = "methods_table", "tables", 80
     loads_models = False
+    version = "2"  # 2: vs_gold (fact by fact) and the bar's verdict
 
     def plan(self, study, plan: Plan):
         evals = plan.by_kind("evals")
@@ -124,6 +178,12 @@ class MethodsTableStep(StepKind):
                 row[key], row[f"{key}/low"], row[f"{key}/high"] = interval.mean, interval.low, interval.high
             rows.append(row)
         table = pd.DataFrame(rows)
+        self._compare_with_gold(table, groups, context, forget_key == "cloze/forget/unique")
+        table["verdict"] = [
+            verdict(row[forget_key], row[f"{forget_key}/high"], row[retain_key], row[f"{retain_key}/low"],
+                    math.nan if base_retain is None else base_retain)
+            if row["role"] == "unlearned" and forget_key == "cloze/forget/unique" else ""
+            for row in table.to_dict("records")]
         unlearned = table["role"] == "unlearned"
         meets = (table[retain_key] >= RETAIN_SHARE * base_retain) if base_retain is not None else unlearned
         table["meets_retain"] = meets & unlearned
@@ -133,7 +193,7 @@ class MethodsTableStep(StepKind):
         table["rank"] = pd.array([pd.NA] * len(table), dtype="Int64")
         table.loc[order, "rank"] = range(1, len(order) + 1)
         table = pd.concat([table[~unlearned], table.loc[order]]).reset_index(drop=True)
-        front = ["model", "role", "method", "config_key", "config", "n_seeds", "rank", "meets_retain"]
+        front = ["model", "role", "method", "config_key", "config", "n_seeds", "rank", "verdict", "meets_retain"]
         table = table[front + [c for c in table.columns if c not in front]]
 
         runs = self._runs(config, metrics, table)
@@ -143,6 +203,25 @@ class MethodsTableStep(StepKind):
         atomic_write_text(staging / "runs.md", self._runs_markdown(runs, config))
         return {"tables": ["methods.csv", "methods.md", "runs.csv", "runs.md"], "rule": RULE,
                 "forget_metric": forget_key, "retain_metric": retain_key, "base_retain": base_retain}
+
+    @staticmethod
+    def _compare_with_gold(table, groups: dict[str, list[dict[str, Any]]], context, on_world: bool) -> None:
+        """``vs_gold`` columns from the evals' per-fact cloze tables (world data with a gold model only)."""
+        import pandas as pd
+
+        columns = ("vs_gold", "vs_gold/low", "vs_gold/high", "vs_gold/p", "vs_gold/n")
+        for column in columns:
+            table[column] = math.nan
+        gold_file = context.inputs["gold"].folder / "cloze.csv" if "gold" in context.inputs else None
+        if not on_world or gold_file is None or not gold_file.is_file():
+            return
+        gold = pd.read_csv(gold_file)
+        for index, label in enumerate(table["model"]):
+            files = [context.inputs[entry["id"]].folder / "cloze.csv" for entry in groups[label]]
+            if all(file.is_file() for file in files):
+                comparison = gold_comparison([pd.read_csv(file) for file in files], gold)
+                for column in columns:
+                    table.loc[index, column] = comparison[column]
 
     @staticmethod
     def _runs(config: dict[str, Any], metrics: dict[str, dict], table) -> "Any":
@@ -167,14 +246,17 @@ class MethodsTableStep(StepKind):
     def _methods_markdown(table, forget_key: str, retain_key: str) -> str:
         import pandas as pd
 
-        header = ["model", "seeds", "rank", *HEADLINE]
+        header = ["model", "seeds", "rank", *HEADLINE, "unique - gold [95 % CI] (p, n facts)", "verdict"]
         rows = []
         for record in table.to_dict("records"):
             rank = "" if pd.isna(record["rank"]) else int(record["rank"])
             rows.append([record["model"], record["n_seeds"], rank,
-                         *[_format(record[k], record[f"{k}/low"], record[f"{k}/high"]) for k in HEADLINE]])
+                         *[_format(record[k], record[f"{k}/low"], record[f"{k}/high"]) for k in HEADLINE],
+                         _gold_cell(record), record["verdict"]])
         return (f"Mean over seeds [95 % t interval over seeds]. Ranked: {RULE} (forget metric {forget_key}, "
-                f"retain metric {retain_key}).\n\n" + markdown_table(header, rows))
+                f"retain metric {retain_key}). Verdict of the bar ({BAR}): meets = the seed interval says so; "
+                f"meets on the mean = only the mean does. unique - gold: fact by fact against the gold standard "
+                f"(bootstrap interval over facts, paired permutation p).\n\n" + markdown_table(header, rows))
 
     @staticmethod
     def _runs_markdown(runs, config: dict[str, Any]) -> str:

@@ -1,0 +1,26 @@
+"""``mechunlearn report methods OUT [OUT ...] [--into FILE]``: the docs' methods table from study runs."""
+
+from __future__ import annotations
+
+
+def _cmd_report_methods(args) -> int:
+    from mechunlearn.report.methods_doc import methods_report, write_into
+
+    command = "mechunlearn report methods " + " ".join(args.outs)
+    text = methods_report(args.outs, command=command)
+    if args.into:
+        print(f"wrote {write_into(args.into, text)}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def register(commands) -> None:
+    report = commands.add_parser("report", help="tables for the docs, written from study runs")
+    kinds = report.add_subparsers(dest="report_kind", required=True)
+    methods = kinds.add_parser("methods", help="the methods table over seeds (one section per run, e.g. 1 and 2 "
+                               "torch threads) with each method's verdict across runs")
+    methods.add_argument("outs", nargs="+", metavar="OUT", help="output directories of finished study runs")
+    methods.add_argument("--into", default=None, metavar="FILE",
+                         help="replace the generated section of FILE (e.g. docs/methods.md) instead of printing")
+    methods.set_defaults(handler=_cmd_report_methods)

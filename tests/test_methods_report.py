@@ -1,0 +1,99 @@
+"""``mechunlearn report methods``: the docs' table from study runs, checked on two hand-built runs, and the table
+committed in docs/methods.md checked to be one that the command writes."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mechunlearn.cli import main
+from mechunlearn.report.methods_doc import BEGIN, END, OVERALL, methods_report, overall_verdict, write_into
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+
+
+def _fake_run(out: Path, threads: int, verdicts: dict[str, str]) -> Path:
+    folder = out / "tables" / "methods"
+    folder.mkdir(parents=True)
+    rows = ["model,role,verdict", "base,base,", "gold,gold,"]
+    rows += [f"{model},unlearned,{verdict}" for model, verdict in verdicts.items()]
+    (folder / "methods.csv").write_text("\n".join(rows) + "\n")
+    (folder / "methods.md").write_text(f"| model | verdict |\n|---|---|\n| table of {out.name} | x |\n")
+    environment = {"versions": {"torch": "2.13.0", "transformers": "4.57.0"}, "platform": "Linux-x",
+                   "machine": "x86_64", "cpu_count": 2, "device": "cpu"}
+    steps = [{"id": "tables/methods", "kind": "methods_table", "environment": None},
+             {"id": "models/unlearned/ga/k/s0", "kind": "unlearned", "environment": {"torch_threads": threads}}]
+    (out / "manifest.json").write_text(json.dumps({"study": "methods", "study_key": "abcdef0123456789",
+                                                   "status": "done", "environment": environment,
+                                                   "updated": "2026-12-07T19:00:00", "steps": steps}))
+    (out / "study.resolved.json").write_text(json.dumps({"study": {"seeds": [0, 1, 2]},
+                                                         "data": {"world": "default", "world_seed": 0}}))
+    return out
+
+
+def test_overall_verdict():
+    assert overall_verdict(["meets", "meets"]) == OVERALL[0]
+    assert overall_verdict(["meets", "meets on the mean"]) == OVERALL[1]
+    assert overall_verdict(["misses", "meets"]) == OVERALL[1]
+    assert overall_verdict(["misses", "misses"]) == OVERALL[2]
+
+
+def test_report_from_two_runs(tmp_path):
+    one = _fake_run(tmp_path / "t1", 1, {"ga": "meets", "npo": "meets", "dpo": "misses"})
+    two = _fake_run(tmp_path / "t2", 2, {"ga": "meets", "npo": "meets on the mean", "dpo": "misses"})
+    text = methods_report([one, two], command="CMD")
+    assert "Written by `CMD`" in text
+    assert "torch 2.13.0" in text and "1 torch thread(s)" in text and "2 torch thread(s)" in text
+    assert "seeds [0, 1, 2]" in text
+    assert "table of t1" in text and "table of t2" in text
+    verdict_rows = {row[0]: row[1:] for row in _rows(text.split("#### Verdict across runs")[1])}
+    assert verdict_rows == {"ga": ["meets", "meets", "meets with confidence"],
+                            "npo": ["meets", "meets on the mean", "meets sometimes"],
+                            "dpo": ["misses", "misses", "never"]}
+
+
+def test_write_into_replaces_only_the_section(tmp_path):
+    page = tmp_path / "methods.md"
+    page.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")
+    write_into(page, "new table\n")
+    assert page.read_text() == f"intro\n{BEGIN}\nnew table\n{END}\noutro\n"
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="no generated section"):
+        write_into(tmp_path / "bare.md", "x")
+
+
+def test_cli_refuses_an_unfinished_study(tmp_path, capsys):
+    run = _fake_run(tmp_path / "t1", 1, {"ga": "meets"})
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    assert main(["report", "methods", str(run)]) == 2
+    assert "not done" in capsys.readouterr().err
+
+
+def _rows(markdown: str) -> list[list[str]]:
+    rows = []
+    for line in markdown.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows[1:]  # without the header
+
+
+def test_committed_table_is_the_commands_output():
+    content = DOCS.read_text()
+    assert BEGIN in content and END in content, "docs/methods.md lost its generated section"
+    section = content.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert re.search(r"Written by `mechunlearn report methods [^`]+`", section)
+    assert re.search(r"torch \d+\.\d+", section) and "torch thread(s)" in section and "seeds [" in section
+    runs = re.findall(r"^#### `([^`]+)` \(", section, flags=re.M)
+    assert len(runs) >= 2, "the table comes from at least two runs (1 and 2 torch threads)"
+    verdicts = _rows(section.split("#### Verdict across runs")[1])
+    assert verdicts, "no verdict rows"
+    for row in verdicts:
+        assert len(row) == len(runs) + 2
+        assert row[-1] in OVERALL and row[-1] == overall_verdict(row[1:-1])
+    for run_section in section.split("#### `")[1:len(runs) + 1]:
+        table = _rows(run_section)
+        assert {row[0] for row in table} >= {"base", "gold"}
+        for row in table:  # mean [low, high] cells as the methods table writes them
+            assert re.fullmatch(r"(n/a|-?\d\.\d{3}( \[-?\d\.\d{3}, -?\d\.\d{3}\])?)", row[3])
