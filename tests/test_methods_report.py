@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mechunlearn.cli import main
-from mechunlearn.report.methods_doc import BEGIN, END, OVERALL, methods_report, overall_verdict, write_into
+from mechunlearn.report.doc_tables import BEGIN, END, OVERALL, methods_report, overall_verdict, write_into
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
@@ -97,3 +97,21 @@ def test_committed_table_is_the_commands_output():
         assert {row[0] for row in table} >= {"base", "gold"}
         for row in table:  # mean [low, high] cells as the methods table writes them
             assert re.fullmatch(r"(n/a|-?\d\.\d{3}( \[-?\d\.\d{3}, -?\d\.\d{3}\])?)", row[3])
+
+
+def test_robustness_report_into_its_own_section(tmp_path):
+    from mechunlearn.report.doc_tables import markers, robustness_report
+
+    tables = tmp_path / "study" / "tables" / "robustness"
+    tables.mkdir(parents=True)
+    (tables / "robustness.md").write_text("| model | attack |\n|---|---|\n| npo | relearn |\n")
+    (tmp_path / "study" / "manifest.json").write_text(json.dumps(
+        {"study": "s", "study_key": "0123456789abcdef", "environment": {"versions": {"torch": "2.13.0"}},
+         "updated": "t"}))
+    text = robustness_report(tables, command="CMD")
+    assert text.startswith("Written by `CMD`") and "torch 2.13.0" in text and "| npo | relearn |" in text
+    begin, end = markers("robustness")
+    page = tmp_path / "attacks.md"
+    page.write_text(f"a\n{BEGIN}\nmethods\n{END}\n{begin}\nold\n{end}\nb\n")
+    write_into(page, text, kind="robustness")
+    assert page.read_text() == f"a\n{BEGIN}\nmethods\n{END}\n{begin}\n{text}{end}\nb\n"

@@ -1,15 +1,27 @@
-"""``mechunlearn report methods OUT [OUT ...] [--into FILE]``: the docs' methods table from study runs."""
+"""``mechunlearn report methods OUT [OUT ...] [--into FILE]``: the docs' methods table from study runs;
+``mechunlearn report robustness TABLES [--into FILE]``: the docs' robustness table from an attacks run."""
 
 from __future__ import annotations
 
 
 def _cmd_report_methods(args) -> int:
-    from mechunlearn.report.methods_doc import methods_report, write_into
+    from mechunlearn.report.doc_tables import methods_report, write_into
 
     command = "mechunlearn report methods " + " ".join(args.outs)
     text = methods_report(args.outs, command=command)
     if args.into:
         print(f"wrote {write_into(args.into, text)}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_report_robustness(args) -> int:
+    from mechunlearn.report.doc_tables import robustness_report, write_into
+
+    text = robustness_report(args.table, command=f"mechunlearn report robustness {args.table}")
+    if args.into:
+        print(f"wrote {write_into(args.into, text, kind='robustness')}")
     else:
         print(text, end="")
     return 0
@@ -24,3 +36,9 @@ def register(commands) -> None:
     methods.add_argument("--into", default=None, metavar="FILE",
                          help="replace the generated section of FILE (e.g. docs/methods.md) instead of printing")
     methods.set_defaults(handler=_cmd_report_methods)
+    robustness = kinds.add_parser("robustness", help="the robustness table of an attacks run (a study's "
+                                  "tables/robustness or `mechunlearn attack all`'s OUT/tables)")
+    robustness.add_argument("table", metavar="TABLES", help="folder holding robustness.md (or the file)")
+    robustness.add_argument("--into", default=None, metavar="FILE",
+                            help="replace the generated section of FILE (e.g. docs/attacks.md) instead of printing")
+    robustness.set_defaults(handler=_cmd_report_robustness)
