@@ -1,6 +1,6 @@
 """`mechunlearn report methods` and `mechunlearn report robustness`: the docs' tables, written from runs.
 
-Each OUT is a finished run of a study with methods (``studies/methods.toml``, typically once with one torch thread
+For `methods`, each OUT is a finished run of a study with methods (``studies/methods.toml``, typically once with one torch thread
 and once with two: the noise another machine's float reduction order brings). The page says where the numbers
 come from (the command, each run's study key, machine, torch version, threads, seeds, world), copies each run's
 ``tables/methods/methods.md`` (mean over seeds with a t interval over seeds, the fact-by-fact comparison with
