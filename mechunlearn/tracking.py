@@ -86,6 +86,21 @@ def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
             for key, value in params.items()}
 
 
+def _mlflow_experiment(mlflow, name: str) -> str:
+    """The id of experiment ``name``, created if missing; unlike ``mlflow.set_experiment`` it leaves the caller's
+    active experiment alone, and a parallel worker that created it first is no error."""
+    client = mlflow.MlflowClient()
+    for _ in range(2):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another step: look it up again
+            continue
+    raise TrackingError(f"MLflow experiment {name!r} can neither be found nor created")
+
+
 def log_run(backend: str, run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float], *,
             experiment: str = "", tags: Mapping[str, str] | None = None) -> str | None:
     """Log one run to ``backend``; return the tracker's run id (None for ``"none"``). Raises what the tracker
@@ -95,7 +110,7 @@ def log_run(backend: str, run_name: str, params: Mapping[str, Any], metrics: Map
     if backend == "mlflow":
         import mlflow
 
-        experiment_id = mlflow.set_experiment(experiment).experiment_id if experiment else None
+        experiment_id = _mlflow_experiment(mlflow, experiment) if experiment else None
         # nested under a run the user has open (a notebook's), else a run of its own
         with mlflow.start_run(run_name=run_name, experiment_id=experiment_id, tags=tags,
                               nested=mlflow.active_run() is not None) as run:

@@ -16,6 +16,12 @@ from mechunlearn.storage import read_json
 from mechunlearn.tracking import TrackingError, flat_metrics, require_backend, track
 
 
+def _fake_find_spec(monkeypatch, package: str, found) -> None:
+    """Make ``package`` look (not) installed to require_backend, whatever this machine has."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: found if name == package else real(name, *a))
+
+
 def _study(**overrides):
     table = {"study": {"name": "t", "seeds": [0]}, "data": {"world": "micro"}, "analyses": {"names": []}}
     return parse_study(merge_tables(table, overrides))
@@ -31,8 +37,7 @@ def test_tracking_is_off_by_default_and_validated_like_every_section(monkeypatch
         _study(tracking={"backend": "tensorboard"})
     # a tracker that is not installed: one error at load, naming the pip install (the lookup is faked, so the
     # test does not depend on what this machine has)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    _fake_find_spec(monkeypatch, "wandb", None)
     with pytest.raises(StudyError, match="the wandb package is not installed: pip install wandb"):
         _study(tracking={"backend": "wandb"})
     with pytest.raises(TrackingError, match="--track"):
@@ -145,7 +150,38 @@ def test_unlearn_cli_track_logs_the_run_json_metrics(tmp_path, toy_model_dir, to
     assert run.data.metrics["forget_nll"] == pytest.approx(record["metrics"]["forget_nll"], rel=1e-12)
     assert run.data.params["method"] == "ga" and run.data.params["max_steps"] == "1"
     # a tracker that is not installed is refused before any training
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    _fake_find_spec(monkeypatch, "wandb", None)
     assert main([*arguments, "--out", str(tmp_path / "out2"), "--track", "wandb"]) == 2
     assert "pip install wandb" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_wandb_gets_init_with_wandb_mode_then_log_and_finish(monkeypatch):
+    """W&B's calls, against a stand-in module (wandb itself is not a test dependency): the mode comes from
+    WANDB_MODE, the metrics go to run.log, and the run is finished even when logging raises."""
+    import sys
+    import types
+
+    calls = []
+
+    class Run:
+        id = "r1"
+        summary = {}
+
+        def log(self, metrics):
+            calls.append(("log", metrics))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls.append(("init", kwargs)) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    _fake_find_spec(monkeypatch, "wandb", object())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = {"backend": "wandb", "experiment": "proj", "run_prefix": "x-"}
+    run_id = track(settings, "npo-k-s0", {"beta": 0.1, "layers": [1]}, {"a": 0.5, "b": None},
+                   tags={"role": "unlearned"})
+    assert run_id == "r1"
+    assert calls == [("init", {"project": "proj", "name": "x-npo-k-s0", "mode": "offline",
+                               "config": {"beta": 0.1, "layers": "[1]", "mechunlearn.role": "unlearned"}}),
+                     ("log", {"a": 0.5}), ("finish",)]
