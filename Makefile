@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,lmeval,ray,submitit]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,lmeval,ray,submitit,tracking]"
 	touch $(STAMP)
 
 install: $(STAMP)

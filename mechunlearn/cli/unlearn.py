@@ -22,6 +22,10 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
         return 0
     if not args.method:
         raise ValueError("name a method (mechunlearn unlearn METHOD) or pass --list to see them")
+    if args.track:
+        from mechunlearn.tracking import require_backend
+
+        require_backend(args.track, "--track")  # before the training, not after it
     preset = args.preset
     if preset == "auto":
         preset = "world" if args.model in ("base", "gold") and not (args.forget or args.retain) else None
@@ -42,6 +46,12 @@ def _cmd_unlearn(args, extra: list[str]) -> int:
                       "load_dtype": record.get("load_dtype"), "precision": record.get("precision"),
                       "metrics": {k: v for k, v in metrics.items() if k not in LONG_METRICS}}, indent=2,
                      default=str))
+    if args.track:
+        from mechunlearn.tracking import track
+
+        track({"backend": args.track, "experiment": args.track_experiment}, run_dir.name,
+              {"method": record["method"], **record.get("config", {})}, metrics,
+              tags={"run": str(run_dir), "key": record.get("key", "")})
     if isinstance(metrics.get("collapse"), dict) and metrics["collapse"].get("collapsed"):
         print(f"WARNING: the unlearned model looks collapsed: {metrics['collapse'].get('reasons')}",
               file=sys.stderr)
@@ -77,6 +87,11 @@ def register(commands) -> None:
     unlearn.add_argument("--preset", default="auto", help="hyper-parameter starting point: world (tuned for the "
                          "embedded world's tiny models), none (the seed pipeline's defaults), or auto (world for "
                          "--model base|gold on a world, else none)")
+    unlearn.add_argument("--track", choices=("mlflow", "wandb"), default=None,
+                         help="also log the run's hyper-parameters and metrics to MLflow (MLFLOW_TRACKING_URI) or "
+                         "W&B (WANDB_MODE); needs that package")
+    unlearn.add_argument("--track-experiment", default="mechunlearn",
+                         help="MLflow experiment / W&B project of --track (default: mechunlearn)")
     add_common(unlearn)
     add_download_flag(unlearn)
     unlearn.set_defaults(handler=_cmd_unlearn, takes_extra=True)

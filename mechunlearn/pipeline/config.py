@@ -23,11 +23,12 @@ from typing import Any
 from mechunlearn.pipeline.errors import StudyError
 from mechunlearn.pipeline.sections import (DEFAULT_ANALYSES, DTYPES, EXECUTORS, AnalysesSection, DataSection,
                                            EvalsSection, MethodSpec, ModelsSection, RaySection, ReportSection,
-                                           StudySection, SubmititSection)
+                                           StudySection, SubmititSection, TrackingSection)
 
 __all__ = ["Study", "StudySection", "DataSection", "ModelsSection", "MethodSpec", "EvalsSection",
-           "AnalysesSection", "ReportSection", "RaySection", "SubmititSection", "load_study", "parse_study",
-           "shipped_studies", "parse_assignment", "merge_tables", "EXECUTORS", "DTYPES", "DEFAULT_ANALYSES"]
+           "AnalysesSection", "ReportSection", "RaySection", "SubmititSection", "TrackingSection", "load_study",
+           "parse_study", "shipped_studies", "parse_assignment", "merge_tables", "EXECUTORS", "DTYPES",
+           "DEFAULT_ANALYSES"]
 
 _NEED_MCQ = ("logit_lens", "tuned_lens")  # analyses that read MCQ items (diagnostics.study.NEEDS_MCQ)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -35,7 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _SECTIONS: dict[str, type] = {"study": StudySection, "data": DataSection, "models": ModelsSection,
                               "evals": EvalsSection, "analyses": AnalysesSection, "report": ReportSection,
-                              "ray": RaySection, "submitit": SubmititSection}
+                              "ray": RaySection, "submitit": SubmititSection, "tracking": TrackingSection}
 _TABLE_SECTIONS = ("methods", "attacks")  # one sub-table per method / attack
 ALL_SECTIONS = (*_SECTIONS, *_TABLE_SECTIONS)
 
@@ -53,6 +54,7 @@ class Study:
     report: ReportSection
     ray: RaySection
     submitit: SubmititSection
+    tracking: TrackingSection
     source: str = "<dict>"           # where it was read from
     text: str = ""                   # the file as given (written to OUT/study.toml)
 
@@ -265,6 +267,12 @@ def _validate(study: Study) -> None:
         raise StudyError("ray.num_cpus and ray.num_gpus must be >= 0")
     if study.submitit.cluster:
         _choice(study.submitit.cluster, ("slurm", "local", "debug"), "submitit.cluster")
+    from mechunlearn.tracking import TrackingError, require_backend
+
+    try:  # the package is looked up, not imported: an unused tracker costs nothing
+        require_backend(study.tracking.backend)
+    except TrackingError as error:
+        raise StudyError(str(error)) from None
 
 
 def _check_analyses(study: Study) -> None:

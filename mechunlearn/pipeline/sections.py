@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["StudySection", "DataSection", "ModelsSection", "MethodSpec", "EvalsSection", "AnalysesSection",
-           "ReportSection", "RaySection", "SubmititSection", "EXECUTORS", "DTYPES", "DEFAULT_ANALYSES"]
+           "ReportSection", "RaySection", "SubmititSection", "TrackingSection", "EXECUTORS", "DTYPES",
+           "DEFAULT_ANALYSES"]
 
 EXECUTORS = ("serial", "ray", "submitit")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -97,3 +98,12 @@ class SubmititSection:
     gpus_per_node: int = 0
     mem_gb: float = 0.0              # 0 = the cluster's default
     slurm_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options
+
+
+@dataclass
+class TrackingSection:
+    """Optional logging of each evaluated model's metrics to the user's experiment tracker (mechunlearn.tracking)."""
+
+    backend: str = "none"            # none | mlflow | wandb
+    experiment: str = ""             # MLflow experiment / W&B project; "" = the study's name
+    run_prefix: str = ""             # prepended to each run's name (the model id)

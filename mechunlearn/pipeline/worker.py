@@ -22,9 +22,13 @@ __all__ = ["execute", "make_task", "settings_of"]
 
 def settings_of(study, *, progress: bool = True, executor: str | None = None) -> dict[str, Any]:
     """What a running step needs of the study besides its own config: unkeyed, recorded in ``step.json``."""
+    tracking = getattr(study, "tracking", None)
     return {"device": study.study.device, "dtype": study.study.dtype, "threads": study.study.threads,
             "cache": str(study.cache_dir) if study.cache_dir else "", "progress": progress,
-            "executor": executor or study.study.executor}
+            "executor": executor or study.study.executor,
+            # mechunlearn.tracking: unkeyed, so turning a tracker on or off reruns nothing
+            "tracking": {"backend": tracking.backend, "experiment": tracking.experiment or study.study.name,
+                         "run_prefix": tracking.run_prefix, "study": study.study.name} if tracking else {}}
 
 
 def make_task(step: Step, out: Path, inputs: dict[str, tuple[str, dict[str, Any]]],

@@ -196,7 +196,9 @@ def build_report(outputs: StudyOutputs, title: str, *, signature: pd.DataFrame |
     page.raw(f'<p class="note">Models: {models}. Output directory: <code>{escape(str(outputs.out))}</code>.</p>')
     _tables_section(page, outputs, "methods", "Methods",
                     "Forget / retain / MCQ / Truth Ratio / familiarity / collapse per model and method "
-                    "configuration: the mean over seeds [95 % t interval over seeds]; base and gold are one model.")
+                    "configuration: the mean over seeds [95 % t interval over seeds]; base and gold are one model. "
+                    "When the MCQ items carry subjects (MMLU / WMDP files), subjects_mcq_<set> gives the accuracy "
+                    "per subject next to the overall.")
     _robustness(page, outputs)
     _signature_section(page, signature)
     _native(page, outputs)

@@ -66,4 +66,7 @@ class EvalsStep(StepKind):
                                     return_tables=True)
         evaluation.write(staging)
         context.provenance["placement"] = placement_of(model)
+        from mechunlearn.tracking import track_evals  # off unless [tracking] asks; its failures only warn
+
+        track_evals(context.settings.get("tracking"), step, reference, staging / "metrics.json")
         return {"metrics": "metrics.json", "model": reference.id, "role": reference.role}

@@ -3,7 +3,9 @@
 * ``methods.csv`` / ``methods.md``: one row per model (base, gold) and per method configuration, its metrics as
   the mean over seeds with a Student-t 95 % interval over seeds (``stats.seed_interval``: ``<metric>``,
   ``<metric>/low``, ``<metric>/high``, ``n_seeds``; one seed or one model: bounds undefined);
-* ``runs.csv`` / ``runs.md``: one row per configuration and seed (the sweep table), with its hyper-parameters.
+* ``runs.csv`` / ``runs.md``: one row per configuration and seed (the sweep table), with its hyper-parameters;
+* ``subjects_mcq_<set>.csv`` / ``.md``, when the MCQ items carry subjects: accuracy per subject and over all
+  subjects, per model (:mod:`mechunlearn.report.subjects`).
 
 ``methods.csv`` also says how each method configuration compares with the gold standard on the world's forget
 facts, fact by fact (``vs_gold``: the mean over facts of (the method's correctness averaged over its seeds) minus
@@ -127,7 +129,7 @@ def _gold_cell(record: dict[str, Any]) -> str:
 class MethodsTableStep(StepKind):
     name, stage, order = "methods_table", "tables", 80
     loads_models = False
-    version = "2"  # 2: vs_gold (fact by fact) and the bar's verdict
+    version = "3"  # 2: vs_gold (fact by fact) and the bar's verdict; 3: per-subject MCQ tables
 
     def plan(self, study, plan: Plan):
         evals = plan.by_kind("evals")
@@ -201,8 +203,24 @@ class MethodsTableStep(StepKind):
         atomic_write_text(staging / "runs.csv", runs.to_csv(index=False))
         atomic_write_text(staging / "methods.md", self._methods_markdown(table, forget_key, retain_key))
         atomic_write_text(staging / "runs.md", self._runs_markdown(runs, config))
-        return {"tables": ["methods.csv", "methods.md", "runs.csv", "runs.md"], "rule": RULE,
+        written = ["methods.csv", "methods.md", "runs.csv", "runs.md", *self._subjects(groups, metrics, staging)]
+        return {"tables": written, "rule": RULE,
                 "forget_metric": forget_key, "retain_metric": retain_key, "base_retain": base_retain}
+
+    @staticmethod
+    def _subjects(groups: dict[str, list[dict[str, Any]]], metrics: dict[str, dict], staging: Path) -> list[str]:
+        """``subjects_mcq_<set>.csv`` / ``.md`` when the MCQ items carry subjects (mechunlearn.report.subjects)."""
+        from mechunlearn.report.subjects import subject_file, subject_markdown, subject_sets, subject_table
+
+        columns = {label: [entry["id"] for entry in entries] for label, entries in groups.items()}
+        written = []
+        for set_name in subject_sets(metrics):
+            table, name = subject_table(metrics, set_name, columns), subject_file(set_name)
+            atomic_write_text(staging / f"{name}.csv", table.to_csv(index=False))
+            atomic_write_text(staging / f"{name}.md", subject_markdown(
+                table, set_name, list(columns), {label: len(ids) for label, ids in columns.items()}))
+            written += [f"{name}.csv", f"{name}.md"]
+        return written
 
     @staticmethod
     def _compare_with_gold(table, groups: dict[str, list[dict[str, Any]]], context, on_world: bool) -> None:
