@@ -20,6 +20,7 @@ from scipy import stats
 from mechunlearn.pipeline import ModelRef, StepFailed, load_study, parse_study, run_study
 from mechunlearn.pipeline.config import merge_tables
 from mechunlearn.storage import config_digest, read_json
+from mechunlearn.pipeline.steps.base import get_step_kind
 
 TABLES = ("methods.csv", "runs.csv", "methods.md", "runs.md")
 
@@ -69,7 +70,8 @@ def test_serial_study_writes_the_layout_and_records(serial_run):
         inputs = {name: entry["key"] for name, entry in record["inputs"].items()}
         assert inputs == {name: result.plan.steps[source].key for name, source in step.inputs.items()}
         if step.kind != "checkpoint":  # the contract's key: kind, version, config, inputs' keys
-            assert step.key == config_digest({"step": step.kind, "version": "1", "config": record["config"],
+            version = get_step_kind(step.kind).version
+            assert step.key == config_digest({"step": step.kind, "version": version, "config": record["config"],
                                               "inputs": inputs})
         environment = record["environment"]
         for field in ("versions", "python", "device", "dtype", "torch_threads", "gpu_count", "seeds", "hostname"):
