@@ -77,18 +77,19 @@ def load(model: ModelSpec, *, world: Any = None, device: str = "auto", dtype: st
          allow_download: bool = False, progress: bool = False, **options: Any):
     """A ``HookedTransformer``: ``model`` itself when it is one (nothing copied), else loaded with
     ``models.load`` from what ``mechunlearn.cli.common.resolve_model_dir`` makes of it (``base`` / ``gold``
-    need ``world=``)."""
+    need ``world=``); ``progress=False`` also silences transformers' loading bars."""
     if _is_model(model):
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"cannot load a model from a {type(model).__name__}: pass a HookedTransformer, 'base' / "
                          "'gold' (with world=), a checkpoint directory or an HF-cache name")
     from mechunlearn import models
-    from mechunlearn.cli.common import resolve_model_dir
+    from mechunlearn.cli.common import quiet_output, resolve_model_dir
 
     directory = resolve_model_dir(str(model), _world_or_none(world), progress=progress,
                                   allow_download=allow_download)
-    return models.load(directory, device=device, dtype=dtype, allow_download=allow_download, **options)
+    with quiet_output(not progress):  # no "Loading weights" bars from transformers in a notebook's outputs
+        return models.load(directory, device=device, dtype=dtype, allow_download=allow_download, **options)
 
 
 def _texts(value: Any) -> list[str] | None:
@@ -150,20 +151,21 @@ def _copy(model):
 
 
 # -------------------------------------------------------------------------------------------------- evaluate
-def evaluate(model: ModelSpec | Mapping[str, ModelSpec], world: Any = None, *, gold: ModelSpec | None = None,
+def evaluate(model: ModelSpec | Mapping[str, ModelSpec], world: Any = None, *, gold: ModelSpec | bool | None = None,
              **options: Any):
     """``evals.evaluate_model(model, world, **options)``: its flat metrics dict for one model.
 
     For a mapping ``{name: model}``, a DataFrame with one row per model (index ``model``) of the scalar metrics
     and each interval as ``<metric>/low``, ``<metric>/high``, ``<metric>/n``. ``gold`` (a model, or the
-    mapping's ``"gold"`` entry) gives ``forget_quality`` against gold's forget Truth Ratios.
+    mapping's ``"gold"`` entry) gives ``forget_quality`` against gold's forget Truth Ratios (its bootstrap
+    interval takes seconds per model); ``gold=False`` leaves it out.
     """
     from mechunlearn.evals import evaluate_model
 
     the_world = _world_or_none(world)
     if gold is None and isinstance(model, Mapping) and "gold" in model:
         gold = model["gold"]
-    if gold is not None and "gold_truth_ratios" not in options:
+    if gold is not None and gold is not False and "gold_truth_ratios" not in options:
         options["gold_truth_ratios"] = load(gold, world=the_world)  # evaluate_model scores its Truth Ratios
     if not isinstance(model, Mapping):
         return evaluate_model(load(model, world=the_world), the_world, **options)
