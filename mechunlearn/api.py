@@ -10,15 +10,15 @@
 
 Every function is a thin wrapper over the library's own (nothing here computes anything itself):
 
-=========================  ==========================================================  ==========================
-``mu.world(spec)``         ``world.resolve_world`` (a preset built once into the cache, or a directory)  ``World``
-``mu.pretrain(world, w)``  ``reference.pretrain``                                       checkpoint ``Path``
-``mu.load(model)``         ``models.load`` (+ ``base`` / ``gold`` / a run directory, as on the command line)
-``mu.unlearn(m, method)``  ``methods.create`` + ``unlearn.unlearn`` (on a copy unless ``inplace``)  ``UnlearnResult``
-``mu.evaluate(m, world)``  ``evals.evaluate_model``   dict (one model) or DataFrame (a mapping of models)
-``mu.diagnose(ms, world)`` ``diagnostics.build_analyses`` + ``run_analyses``          ``{name: AnalysisResult}``
-``mu.attack(m, name)``     ``attacks.create_attack(name, **budget).run``              ``AttackResult``
-=========================  ==========================================================  ==========================
+* ``mu.world(spec)``: ``world.resolve_world`` (a preset built once into the cache, or a directory) -> ``World``;
+* ``mu.pretrain(world, which)``: ``reference.pretrain`` -> the checkpoint directory;
+* ``mu.load(model)``: ``models.load`` of what ``mechunlearn <command> --model`` accepts -> ``HookedTransformer``;
+* ``mu.unlearn(model, method)``: ``methods.create`` + ``unlearn.unlearn`` (on a copy unless ``inplace``) ->
+  ``UnlearnResult`` (``.model``, ``.training``);
+* ``mu.evaluate(model, world)``: ``evals.evaluate_model`` -> its dict (one model) or a DataFrame (a mapping);
+* ``mu.diagnose(models, world)``: ``diagnostics.build_analyses`` + ``run_analyses`` -> ``{name: AnalysisResult}``;
+* ``mu.attack(model, name)``: ``attacks.create_attack(name, **budget).run`` -> ``AttackResult``;
+* ``mu.notebook_mode()``: ``views.notebook_mode`` (plotly figures kept when a notebook is exported to HTML).
 
 Models may be given in memory (a ``HookedTransformer``, hooks and spliced modules kept) or as anything
 ``mechunlearn <command> --model`` takes: ``"base"`` / ``"gold"`` (the world's reference models), a checkpoint

@@ -39,12 +39,13 @@ mu.notebook_mode()  # plotly figures stay in the notebook when it is exported to
 
 # %% [markdown]
 # ## The world and its reference models
-# `mu.world` builds a preset once into the cache; `mu.load("base", world=...)` pretrains the base model the first
-# time (minutes for the default world on a laptop CPU, seconds for micro) and loads it as a `HookedTransformer`.
+# `mu.world` builds a preset once into the cache. `mu.pretrain(world, "base")` pretrains the base model the first
+# time (minutes for the default world on a laptop CPU, seconds for micro) and returns its checkpoint directory;
+# `mu.load` makes a `HookedTransformer` of a directory, or of `"base"` / `"gold"` directly.
 
 # %%
 world = mu.world(SIZE)
-base = mu.load("base", world=world, device="cpu")
+base = mu.load(mu.pretrain(world, "base"), device="cpu")
 gold = mu.load("gold", world=world, device="cpu")
 print(f"forget target: {world.resolve_forget(None)}; {len(world.forget_texts())} forget and "
       f"{len(world.retain_texts())} retain texts; model: {base.cfg.n_layers} layers, d_model {base.cfg.d_model}")

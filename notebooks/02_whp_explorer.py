@@ -52,7 +52,8 @@ mu.notebook_mode()
 world = mu.world(SIZE)
 base = mu.load("base", world=world, device="cpu")
 reinforced, _ = reinforced_model(base, WHP, world.forget_texts(), world=world)
-probe = world.cloze_probes("forget")[0]
+probes = world.cloze_probes("forget")  # the first whose prompt holds an anchored term, so translating matters
+probe = next((p for p in probes if translate(p.prompt, world.anchored_terms)[0] != p.prompt), probes[0])
 translated, _ = translate(probe.prompt, world.anchored_terms)
 print(f"prompt:     {probe.prompt!r} -> {probe.answer!r}\ntranslated: {translated!r}")
 

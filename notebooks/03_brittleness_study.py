@@ -33,6 +33,7 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 import mechunlearn as mu
+from mechunlearn.cli.common import quiet_output
 from mechunlearn.pipeline import load_study, run_study
 from mechunlearn.pipeline.config import shipped_studies
 from mechunlearn.report import StudyOutputs, study_tables
@@ -55,7 +56,8 @@ if not manifest_path.is_file() or json.loads(manifest_path.read_text()).get("sta
     if SIZE == "micro":  # the tests: one method, one seed
         table["methods"] = {"npo": table["methods"]["npo"]}
         table["study"]["seeds"] = [0]
-    run_study(load_study(table), progress=False)
+    with quiet_output():  # the steps' lines, without transformers' loading bars
+        run_study(load_study(table), progress=False)
 manifest = json.loads(manifest_path.read_text())
 steps = pd.DataFrame(manifest["steps"])[["id", "kind", "status", "wall_s"]]
 print(f"study {manifest['study']!r}: {len(steps)} steps, {steps['wall_s'].sum():.0f} s of work")

@@ -105,5 +105,6 @@ def test_notebook_runs_on_the_micro_world(name, kernel, tmp_path):
     figures, text = _outputs(notebook)
     minimum, strings = EXPECTED[name]
     assert figures >= minimum, f"{name}: {figures} plotly figures, expected at least {minimum}"
+    assert text.count("plotly.js v") == 1, "plotly.js should be in the notebook once (mu.notebook_mode())"
     missing = [string for string in strings if string not in text]
     assert not missing, f"{name}: outputs lack {missing}"
