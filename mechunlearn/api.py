@@ -49,7 +49,7 @@ def _is_model(value: Any) -> bool:
     return isinstance(value, HookedTransformer)
 
 
-def world(spec: Any = "micro", seed: int = 0):
+def world(spec: Any, seed: int = 0):
     """A ``World``: ``spec`` as is when it already is one, else ``mechunlearn.world.resolve_world(spec, seed)``
     (a size preset, built once into the cache, or a world directory)."""
     from mechunlearn.world import World, resolve_world
@@ -65,7 +65,7 @@ def _world_or_none(spec: Any):
     return None if spec is None else world(spec)
 
 
-def pretrain(world_spec: Any = "micro", which: str = "base", *, progress: bool = False, **options: Any) -> Path:
+def pretrain(world_spec: Any, which: str = "base", *, progress: bool = False, **options: Any) -> Path:
     """``reference.pretrain(world, which, **options)``: reference model ``which`` (``base``, ``gold``) of the
     world, pretrained unless the cache holds it; returns its checkpoint directory (``mu.load`` it)."""
     from mechunlearn.reference import pretrain as pretrain_reference

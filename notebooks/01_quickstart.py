@@ -33,6 +33,7 @@ import mechunlearn as mu
 from mechunlearn.views import color_for, style_figure
 
 SIZE = os.environ.get("MECHUNLEARN_NOTEBOOK_SIZE", "default")
+assert SIZE in ("micro", "default"), f"MECHUNLEARN_NOTEBOOK_SIZE={SIZE!r}: use micro or default"
 UNLEARN = {"micro": {"max_steps": 4, "batch_size": 8}, "default": {}}[SIZE]  # default: the world preset
 EVAL = {"micro": {"max_texts": 16, "max_new_tokens": 8}, "default": {"max_texts": 200}}[SIZE]
 mu.notebook_mode()  # plotly figures stay in the notebook when it is exported to HTML

@@ -38,6 +38,7 @@ from mechunlearn.methods.whp import generic_logits, translate
 from mechunlearn.views import color_for, style_figure
 
 SIZE = os.environ.get("MECHUNLEARN_NOTEBOOK_SIZE", "default")
+assert SIZE in ("micro", "default"), f"MECHUNLEARN_NOTEBOOK_SIZE={SIZE!r}: use micro or default"
 WHP = {**preset_overrides("world", "whp"),
        **{"micro": {"max_steps": 3, "batch_size": 8, "reinforce_epochs": 1}, "default": {}}[SIZE]}
 RUN_ALPHAS = {"micro": [0.0, 5.0, 100.0], "default": [0.0, 1.0, 5.0, 20.0, 100.0]}[SIZE]

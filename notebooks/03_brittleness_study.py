@@ -41,6 +41,7 @@ from mechunlearn.views.circuits import colored_tokens_view
 from mechunlearn.views.study_figures import study_figure
 
 SIZE = os.environ.get("MECHUNLEARN_NOTEBOOK_SIZE", "default")
+assert SIZE in ("micro", "default"), f"MECHUNLEARN_NOTEBOOK_SIZE={SIZE!r}: use micro or default"
 STUDY = {"micro": "micro", "default": "default"}[SIZE]
 OUT = Path(os.environ.get("MECHUNLEARN_STUDY_OUT", f"outputs/{STUDY}"))
 mu.notebook_mode()

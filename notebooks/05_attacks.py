@@ -32,6 +32,7 @@ from mechunlearn.explore import compare
 from mechunlearn.views import color_for, style_figure
 
 SIZE = os.environ.get("MECHUNLEARN_NOTEBOOK_SIZE", "default")
+assert SIZE in ("micro", "default"), f"MECHUNLEARN_NOTEBOOK_SIZE={SIZE!r}: use micro or default"
 UNLEARN = {"micro": {"max_steps": 4, "batch_size": 8}, "default": {}}[SIZE]
 RELEARN = {"micro": {"lrs": [1e-3], "eval_steps": [0, 1, 2, 4], "k_folds": 2},
            "default": {"lrs": [3e-4, 1e-3], "eval_steps": [0, 1, 2, 5, 10, 20]}}[SIZE]
