@@ -294,3 +294,9 @@ def run(method: UnlearningMethod, model_dir: str | os.PathLike, out_root: str | 
         models.save(model, staging / "model")
         (staging / "run.json").write_text(json.dumps(to_json(record), indent=2, default=str))
     return target
+
+
+# ``mu.unlearn(...)`` (the notebook API) calls mechunlearn.api.unlearn even once this module is imported
+from mechunlearn._callable import make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, "mechunlearn.api:unlearn")

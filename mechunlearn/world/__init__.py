@@ -50,3 +50,8 @@ __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
 ]
+
+# ``mu.world(...)`` (the notebook API) calls mechunlearn.api.world even once this package is imported
+from mechunlearn._callable import make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, "mechunlearn.api:world")
