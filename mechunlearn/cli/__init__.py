@@ -12,6 +12,8 @@
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
     mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
     mechunlearn figures OUT [--dest DIR] [--formats pdf,svg,png]
+    mechunlearn native switch --model DIR --off SOURCE[,SOURCE] --route nearest|backbone|none --out DIR
+    mechunlearn native report [--world default] [--out DIR]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -29,7 +31,7 @@ from mechunlearn.cli.common import quiet_output, resolve_model_dir, resolve_worl
 
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
-COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "generate", "demo", "study", "figures")
+COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "generate", "demo", "study", "figures", "native")
 
 
 def build_parser() -> argparse.ArgumentParser:
