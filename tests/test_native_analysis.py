@@ -52,7 +52,7 @@ def test_target_sinks_and_random_units_follow_the_mask_table(micro_native):
 
 def test_switch_vs_gold_and_entity_tables_have_every_model_and_category(micro_native, micro_world):
     frame = analysis.switch_vs_gold(micro_native, micro_world, {"saga_0": ["saga_0"]}, control_seeds=(0,))
-    assert set(frame["model"]) == {"native-on", "native-all", "native-off-nearest", "native-off-backbone",
+    assert set(frame["model"]) == {"native-on", "native-oracle-on", "native-off-oracle", "native-all", "native-off-nearest", "native-off-backbone",
                                    "native-off-none", "random-nearest", "random-none"}
     forget = frame[(frame["model"] == "native-on") & (frame["domain"] == "forget")]
     counts = {c: len(micro_world.facts_of("forget", ["saga_0"], category=c)) for c in forget["category"]}
@@ -65,3 +65,19 @@ def test_switch_vs_gold_and_entity_tables_have_every_model_and_category(micro_na
     assert table.groupby("model")["n"].sum().nunique() == 1  # every fact in exactly one group
     with pytest.raises(ValueError, match="mentioned by no source"):
         analysis.entity_request(micro_native, micro_world, "Nobody-Anywhere")
+
+
+def test_oracle_routing_scores_each_fact_with_its_stating_sources_mask(micro_native, micro_world):
+    oracle = analysis.oracle_scores(micro_native, micro_world)
+    own = analysis.fact_scores(switch(micro_native, source="saga_0"), micro_world)
+    backbone = analysis.fact_scores(switch(micro_native, route="backbone"), micro_world)
+    switch(micro_native)
+    for fact in micro_world.facts:
+        expected = own if fact.sources[:1] == ("saga_0",) else backbone if not fact.sources else None
+        if expected is not None:
+            assert oracle.at[fact.fact_id, "answer_logprob_sum"] == pytest.approx(
+                expected.at[fact.fact_id, "answer_logprob_sum"], abs=1e-4)
+    off = analysis.oracle_scores(micro_native, micro_world, off=["saga_0"])
+    unique = [f.fact_id for f in micro_world.facts if f.sources == ("saga_0",)]
+    assert list(off.loc[unique, "answer_logprob_sum"]) == pytest.approx(
+        list(backbone.loc[unique, "answer_logprob_sum"]), abs=1e-4)

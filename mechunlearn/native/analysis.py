@@ -25,7 +25,7 @@ from mechunlearn.evals.intervals import mean_interval
 from mechunlearn.evals.mcq import mcq_table
 from mechunlearn.native.switching import ROUTES, native_info, switch
 
-__all__ = ["fact_scores", "category_table", "random_sink_units", "target_sinks", "switch_vs_gold", "attribution",
+__all__ = ["fact_scores", "oracle_scores", "category_table", "random_sink_units", "target_sinks", "switch_vs_gold", "attribution",
            "attribution_scores", "entity_request", "capability", "routing_accuracy"]
 
 
@@ -38,6 +38,30 @@ def fact_scores(model, world, batch_size: int = 128) -> pd.DataFrame:
 def _interval_row(values) -> dict:
     interval = mean_interval(np.asarray(values, dtype=float))
     return {"accuracy": interval["mean"], "low": interval["low"], "high": interval["high"], "n": interval["n"]}
+
+
+def oracle_scores(model, world, off: Sequence[str] = (), batch_size: int = 128) -> pd.DataFrame:
+    """Like :func:`fact_scores` with routing by the world's ground truth instead of the router: each fact's
+    prompt uses the training mask of the first source that states it and is not ``off``; a fact with no such
+    source (inferred facts, and facts unique to the ``off`` sources) uses the backbone alone. The upper bound
+    of what a perfect router could do."""
+    info = native_info(model)
+    previous = getattr(model, "native_switch", None)
+    probes = world.cloze_probes(None)
+    route_of = {}
+    for probe in probes:
+        stating = [s for s in world.fact(probe.fact_id).sources if s not in off]
+        route_of[probe.fact_id] = stating[0] if stating else None
+    frames = []
+    for source in dict.fromkeys(route_of.values()):
+        chosen = [p for p in probes if route_of[p.fact_id] == source]
+        kwargs = {"source": source} if source is not None else {"route": "backbone"}
+        switch(model, off=[s for s in off if s != source], config=info, **kwargs)
+        table = cloze_table(model, model.tokenizer, chosen, batch_size=batch_size)
+        frames.append(table[["fact_id", "correct", "answer_logprob_sum"]])
+    if previous is not None:
+        switch(model, config=info, **{k: v for k, v in previous.items()})
+    return pd.concat(frames).set_index("fact_id")
 
 
 def category_table(scores: pd.DataFrame, world, forget_sources) -> pd.DataFrame:
@@ -85,6 +109,7 @@ def switch_vs_gold(model, world, targets: Mapping[str, Sequence[str]], *, base=N
     ``gold``."""
     info = native_info(model)
     reference = {"native-on": fact_scores(switch(model, config=info), world),
+                 "native-oracle-on": oracle_scores(model, world),
                  "native-all": fact_scores(switch(model, route="none", config=info), world)}
     if base is not None:
         reference["base"] = fact_scores(base, world)
@@ -92,6 +117,7 @@ def switch_vs_gold(model, world, targets: Mapping[str, Sequence[str]], *, base=N
     for name, off in targets.items():
         off = list(world.resolve_forget(off))
         scores = dict(reference)
+        scores["native-off-oracle"] = oracle_scores(model, world, off)
         for route in routes:
             scores[f"native-off-{route}"] = fact_scores(switch(model, off=off, route=route, config=info), world)
             if route == "backbone":
