@@ -53,7 +53,8 @@ def test_target_sinks_and_random_units_follow_the_mask_table(micro_native):
 def test_switch_vs_gold_and_entity_tables_have_every_model_and_category(micro_native, micro_world):
     frame = analysis.switch_vs_gold(micro_native, micro_world, {"saga_0": ["saga_0"]}, control_seeds=(0,))
     assert set(frame["model"]) == {"native-on", "native-oracle-on", "native-off-oracle", "native-all", "native-off-nearest", "native-off-backbone",
-                                   "native-off-none", "random-nearest", "random-none"}
+                                   "native-off-none", "native-off-centroid", "random-nearest", "random-centroid",
+                                   "random-none"}
     forget = frame[(frame["model"] == "native-on") & (frame["domain"] == "forget")]
     counts = {c: len(micro_world.facts_of("forget", ["saga_0"], category=c)) for c in forget["category"]}
     assert dict(zip(forget["category"], forget["n"])) == counts

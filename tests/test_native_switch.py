@@ -13,7 +13,7 @@ import torch
 
 from mechunlearn.hooks.sink_mask import SinkConfig, SinkMaskError, row_masks
 from mechunlearn.native import NativeInfo, bake, export, switch, unswitch
-from mechunlearn.native.switching import nearest_sources
+from mechunlearn.native.switching import likeliest_sources, nearest_sources, token_ids_of
 from mechunlearn.native.train import _HFSinkMasks
 
 SOURCES = ("a", "b", "c", "d")
@@ -38,9 +38,11 @@ def _info(model, sources=SOURCES, planted=None, p_backbone=0.25, p_sink=0.2):
                         p_backbone=p_backbone, p_sink=p_sink, seed=0)
     generator = torch.Generator().manual_seed(0)
     centroids = torch.randn(len(sources), model.cfg.d_model, generator=generator)
+    counts = torch.ones(len(sources), model.cfg.d_vocab)
     for source, ids in (planted or {}).items():
         centroids[sources.index(source)] = model.W_E.detach()[ids].mean(0)
-    return NativeInfo(config, centroids, torch.zeros(model.cfg.d_model), ())
+        counts[sources.index(source), ids] += 50.0
+    return NativeInfo(config, centroids, torch.zeros(model.cfg.d_model), (), token_counts=counts)
 
 
 @pytest.fixture
@@ -61,9 +63,11 @@ def test_on_with_a_sources_own_mask_reproduces_the_training_forward(hf_and_hooke
     masks.remove()
     fixed = switch(hooked, source="b", config=info)
     torch.testing.assert_close(fixed(TOKENS), training, atol=1e-4, rtol=1e-4)
-    # nearest routing over all sources picks "b" for the first prompt (its first token is b's centroid)
-    routed = switch(hooked, config=info)
-    torch.testing.assert_close(routed(TOKENS[:1]), training[:1], atol=1e-4, rtol=1e-4)
+    # both routers over all sources pick "b" for the first prompt (its first token is planted in b's unigram
+    # counts and is b's centroid)
+    for route in ("nearest", "centroid"):
+        routed = switch(hooked, route=route, config=info)
+        torch.testing.assert_close(routed(TOKENS[:1]), training[:1], atol=1e-4, rtol=1e-4)
 
 
 def test_nearest_routing_picks_the_planted_source_causally_and_only_among_allowed():
@@ -78,6 +82,24 @@ def test_nearest_routing_picks_the_planted_source_causally_and_only_among_allowe
                            every).tolist() == [[0, 0, 0]]
     # with source 1 switched off, the next nearest surviving source (0) takes its queries
     assert nearest_sources(resid, valid, centroids, torch.zeros(4), torch.tensor([0, 2])).tolist() == [[0, 0, 0]]
+
+
+def test_the_token_router_reads_tokens_off_the_embedding_and_picks_the_likeliest_source():
+    embedding = torch.randn(10, 6, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[4, 7, 7, 2]])
+    assert torch.equal(token_ids_of(embedding[tokens], embedding), tokens)
+    counts = torch.ones(3, 10)
+    counts[0, 4] += 20  # token 4 is source 0's word, token 7 source 2's
+    counts[2, 7] += 20
+    log_probs = (counts / counts.sum(1, keepdim=True)).log()
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    assert likeliest_sources(tokens, valid, log_probs, torch.arange(3)).tolist() == [[0, 0, 2, 2]]
+    # source 2 off: by hand, P0(4) = 21/30, P0(7) = 1/30, P1(.) = 1/10: after "4 7" source 0 leads
+    # (log .7 + log 1/30 = -3.76 > 2 log .1 = -4.61), after "4 7 7" source 1 (-7.16 < -6.91)
+    assert likeliest_sources(tokens, valid, log_probs, torch.tensor([0, 1])).tolist() == [[0, 0, 1, 1]]
+    # invalid positions (pads) add nothing
+    assert likeliest_sources(tokens, torch.tensor([[True, False, False, False]]), log_probs,
+                             torch.arange(3)).tolist() == [[0, 0, 0, 0]]
 
 
 def test_a_prompt_of_a_is_untouched_when_a_disjoint_source_is_switched_off(hf_and_hooked):

@@ -45,7 +45,9 @@ from mechunlearn.native.train import NATIVE_FILE
 __all__ = ["ROUTES", "NativeInfo", "read_native", "native_info", "switch", "unswitch", "nearest_sources",
            "switch_masks", "bake", "export", "SinkMaskPoint", "RouterPoint"]
 
-ROUTES = ("nearest", "backbone", "none")
+ROUTES = ("nearest", "centroid", "backbone", "none")
+ROUTED = ("nearest", "centroid")  # routes that pick a mask per query
+SMOOTHING = 0.1  # additive smoothing of the per-source unigram counts (the nearest router)
 
 
 @dataclass
@@ -57,17 +59,21 @@ class NativeInfo:
     center: Float[Tensor, " d_model"]
     ignore_token_ids: tuple[int, ...] = ()
     saved_switch: dict | None = None
+    token_counts: Tensor | None = None  # [n_sources, d_vocab]: training tokens per source (the nearest router)
 
     @classmethod
     def from_record(cls, record: dict) -> "NativeInfo":
         router = record["router"]
+        counts = router.get("token_counts")
         return cls(SinkConfig.from_dict(record["sink"]), torch.tensor(router["centroids"]),
-                   torch.tensor(router["center"]), tuple(router.get("ignore_token_ids", ())), record.get("switch"))
+                   torch.tensor(router["center"]), tuple(router.get("ignore_token_ids", ())), record.get("switch"),
+                   None if counts is None else torch.tensor(counts, dtype=torch.float32))
 
     def to_record(self, switch_record: dict | None = None) -> dict:
         record = {"sink": self.sink.to_dict(), "router": {
             "site": resid_pre(0), "centroids": self.centroids.tolist(), "center": self.center.tolist(),
-            "ignore_token_ids": list(self.ignore_token_ids)}}
+            "ignore_token_ids": list(self.ignore_token_ids),
+            "token_counts": None if self.token_counts is None else self.token_counts.int().tolist()}}
         if switch_record is not None:
             record["switch"] = switch_record
         return record
@@ -99,9 +105,13 @@ class _State:
     """What the spliced points share (a plain object: ``deepcopy`` copies it once, with the model)."""
 
     def __init__(self, static: Tensor | None, table: Tensor, allowed: Tensor, info: NativeInfo,
-                 ignore_vectors: Tensor):
+                 ignore_vectors: Tensor, router: str = "nearest", embedding: Tensor | None = None):
         self.static, self.table, self.allowed, self.info = static, table, allowed, info
-        self.ignore_vectors = ignore_vectors
+        self.ignore_vectors, self.router, self.embedding = ignore_vectors, router, embedding
+        self.log_probs = None
+        if router == "nearest" and static is None:
+            counts = info.token_counts + SMOOTHING
+            self.log_probs = (counts / counts.sum(1, keepdim=True)).log()
         self.route: Tensor | None = None  # [batch, pos] indices into info.sink.sources, set by the router
 
     def mask_for(self, activation: Tensor) -> Tensor:
@@ -139,9 +149,31 @@ class RouterPoint(HookPoint):
         with torch.no_grad():
             valid = ~(x.detach()[:, :, None, :] == state.ignore_vectors.to(x.device, x.dtype)[None, None]).all(-1).any(-1) \
                 if len(state.ignore_vectors) else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            state.route = nearest_sources(x.detach().float(), valid, state.info.centroids.to(x.device),
-                                          state.info.center.to(x.device), state.allowed.to(x.device))
+            if state.router == "nearest":
+                tokens = token_ids_of(x.detach().float(), state.embedding.to(x.device))
+                state.route = likeliest_sources(tokens, valid, state.log_probs.to(x.device),
+                                                state.allowed.to(x.device))
+            else:
+                state.route = nearest_sources(x.detach().float(), valid, state.info.centroids.to(x.device),
+                                              state.info.center.to(x.device), state.allowed.to(x.device))
         return x
+
+
+def token_ids_of(resid: Float[Tensor, "batch pos d_model"],
+                 embedding: Float[Tensor, "d_vocab d_model"]) -> Int[Tensor, "batch pos"]:
+    """The token at each position of ``blocks.0.hook_resid_pre`` (GPT-NeoX: the token embedding itself): the
+    nearest row of ``embedding`` (exact when the embedding is the one the switch was made with)."""
+    flat = resid.reshape(-1, resid.shape[-1])
+    return torch.cdist(flat, embedding).argmin(-1).reshape(resid.shape[:2])
+
+
+def likeliest_sources(tokens: Int[Tensor, "batch pos"], valid: Tensor,
+                      log_probs: Float[Tensor, "n_sources d_vocab"],
+                      allowed: Int[Tensor, " n_allowed"]) -> Int[Tensor, "batch pos"]:
+    """Index of the allowed source under whose unigram model the valid tokens so far are likeliest (naive Bayes,
+    uniform prior, causal): the source whose documents use the query's rare words (its names)."""
+    scores = log_probs[allowed][:, tokens] * valid.float()[None]       # [n_allowed, batch, pos]
+    return allowed[scores.cumsum(-1).argmax(0)]
 
 
 def nearest_sources(resid: Float[Tensor, "batch pos d_model"], valid: Tensor,
@@ -235,7 +267,11 @@ def switch(model_or_dir, off: Sequence[str] | str = (), route: str = "nearest", 
     static, table, allowed = switch_masks(info, off, route, source=source, zero_units=zero_units)
     ignore = model.W_E.detach()[list(info.ignore_token_ids)].float().cpu() if info.ignore_token_ids else \
         torch.zeros(0, model.cfg.d_model)
-    state = _State(static, table, allowed, info, ignore)
+    if static is None and route == "nearest" and info.token_counts is None:
+        raise SinkMaskError("this native.json has no token_counts for the nearest router: add them with "
+                            "mechunlearn.native.train.add_token_counts(DIR, world), or use route='centroid'")
+    state = _State(static, table, allowed, info, ignore, router=route,
+                   embedding=model.W_E.detach().float().cpu() if static is None else None)
     unswitch(model, setup=False)
     for layer in sink.masked_layers:
         model.blocks[layer].mlp.hook_post = SinkMaskPoint(state)
@@ -292,7 +328,7 @@ def export(model, directory: str | os.PathLike) -> Path:
     record = getattr(model, "native_switch", None)
     if record is None:
         raise SinkMaskError("export needs a switched native model (see switch)")
-    if record["route"] != "nearest" or record["source"] is not None:
+    if record["route"] not in ROUTED or record["source"] is not None:
         return models.save(bake(model), directory, extra_files={"native-switch.json": json.dumps(record, indent=1)})
     plain = unswitch(copy.deepcopy(model))
     return models.save(plain, directory, extra_files={

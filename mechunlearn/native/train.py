@@ -25,7 +25,8 @@ from mechunlearn.data import Document
 from mechunlearn.hooks.sink_mask import SinkConfig, row_masks
 from mechunlearn.reference import ReferenceKind, packed_nll, train_world_model
 
-__all__ = ["NATIVE", "P_BACKBONE", "P_SINK", "SINK_SEED", "native_kind", "NATIVE_FILE", "source_centroids"]
+__all__ = ["NATIVE", "P_BACKBONE", "P_SINK", "SINK_SEED", "native_kind", "NATIVE_FILE", "source_centroids",
+           "source_token_counts", "add_token_counts"]
 
 # Chosen for the 4-layer, d_mlp=512 world model (docs/native.md, "Choices"): 128 backbone units and ~58 sinks
 # per source and layer, so a token uses ~186 of 512 units (the paper's 1B model: ~600 of 8,192).
@@ -85,6 +86,37 @@ def source_centroids(embedding: torch.Tensor, tokenizer, documents: Sequence[Doc
     return centroids.float(), center.float()
 
 
+def source_token_counts(tokenizer, documents: Sequence[Document], sources: Sequence[str], max_length: int,
+                        vocab_size: int) -> torch.Tensor:
+    """``[n_sources, vocab_size]``: how often each token occurs in each source's training documents (as trained:
+    truncated to ``max_length``). The nearest router's unigram models; they depend on the data only."""
+    index = {source: i for i, source in enumerate(sources)}
+    counts = torch.zeros(len(sources), vocab_size)
+    encoded = tokenizer([d.text for d in documents], add_special_tokens=False)["input_ids"]
+    for document, ids in zip(documents, encoded):
+        counts[index[document.source]] += torch.bincount(torch.tensor(ids[:max_length]), minlength=vocab_size).float()
+    return counts
+
+
+def add_token_counts(directory, world, max_length: int | None = None) -> Path:
+    """Add the nearest router's ``token_counts`` to the ``native.json`` of a native checkpoint trained before the
+    router read tokens (computed from the world's training documents: no model involved)."""
+    directory = Path(directory)
+    record = json.loads((directory / NATIVE_FILE).read_text())
+    if record["router"].get("token_counts") is not None:
+        return directory
+    summary = json.loads((directory / "pretrain.json").read_text())
+    vocab_size = json.loads((directory / "config.json").read_text())["vocab_size"]
+    documents = world.training_documents()
+    length = max_length or summary["recipe"]["train"]["max_length"]
+    counts = source_token_counts(world.tokenizer, documents, record["sink"]["sources"], length, vocab_size)
+    record["router"]["token_counts"] = counts.int().tolist()
+    staging = directory / (NATIVE_FILE + ".tmp")
+    staging.write_text(json.dumps(record, indent=1))
+    staging.replace(directory / NATIVE_FILE)
+    return directory
+
+
 def native_kind(name: str = "native", *, p_backbone: float = P_BACKBONE, p_sink: float = P_SINK,
                 seed: int = SINK_SEED, layers: Sequence[int] | None = None) -> ReferenceKind:
     """A native reference kind with its own split. The p's are not part of the cache key (the recipe is): give
@@ -115,6 +147,8 @@ def native_kind(name: str = "native", *, p_backbone: float = P_BACKBONE, p_sink:
                                              sources, recipe.train.max_length)
         record = {"sink": config.to_dict(), "router": {
             "site": "blocks.0.hook_resid_pre", "centroids": centroids.tolist(), "center": center.tolist(),
+            "token_counts": source_token_counts(world.tokenizer, documents, sources, recipe.train.max_length,
+                                                model.get_input_embeddings().weight.shape[0]).int().tolist(),
             "ignore_token_ids": sorted({i for i in (world.tokenizer.pad_token_id, world.tokenizer.bos_token_id,
                                                     world.tokenizer.eos_token_id) if i is not None})}}
         return _NativeCheckpoint(model, record), result
