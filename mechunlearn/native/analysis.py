@@ -218,23 +218,27 @@ def capability(models: Mapping[str, object], world, forget_sources=None) -> pd.D
 
 
 @torch.no_grad()
-def routing_accuracy(model, world, batch_size: int = 128) -> pd.DataFrame:
-    """Nearest routing (everything on) at each stated fact's last prompt token: is the chosen source one that
-    states the fact? Per category of the default forget split, with intervals."""
+def routing_accuracy(model, world, routes: Sequence[str] = ("nearest", "centroid")) -> pd.DataFrame:
+    """Routing with everything on, at each stated fact's last prompt token: is the chosen source one that states
+    the fact? Per route and category of the default forget split, with intervals."""
+    return pd.concat([_routing_accuracy(model, world, route).assign(route=route) for route in routes],
+                     ignore_index=True)[["route", "category", "accuracy", "low", "high", "n"]]
+
+
+def _routing_accuracy(model, world, route: str) -> pd.DataFrame:
     info = native_info(model)
-    switch(model, config=info)
+    switch(model, route=route, config=info)
     router = model.blocks[0].hook_resid_pre
     sources = info.sink.sources
     probes = [p for p in world.cloze_probes(None) if world.fact(p.fact_id).sources]
     hits = []
-    for start in range(0, len(probes), batch_size):
-        chunk = probes[start:start + batch_size]
-        for probe in chunk:  # one prompt at a time: no padding in the mean
-            tokens = model.to_tokens(probe.prompt, prepend_bos=False)
-            model(tokens, stop_at_layer=1)
-            chosen = sources[int(router.native_state.route[0, -1])]
-            hits.append({"fact_id": probe.fact_id, "category": probe.category,
-                         "routed_to_stating_source": chosen in world.fact(probe.fact_id).sources})
+    for probe in probes:  # one prompt at a time: no padding
+        tokens = model.to_tokens(probe.prompt, prepend_bos=False)
+        model(tokens, stop_at_layer=1)
+        chosen = sources[int(router.native_state.route[0, -1])]
+        hits.append({"fact_id": probe.fact_id, "category": probe.category,
+                     "routed_to_stating_source": chosen in world.fact(probe.fact_id).sources})
+    switch(model, config=info)
     table = pd.DataFrame(hits)
     rows = [{"category": category, **_interval_row(group["routed_to_stating_source"])}
             for category, group in table.groupby("category", sort=True)]

@@ -53,8 +53,8 @@ def format_tables(tables: dict[str, pd.DataFrame], meta: dict) -> str:
         parts += ["### Capability cost (retain domain of the default target)",
                   _markdown(_with_cells(tables["capability"], ["model"], ["metric"]))]
     if "routing" in tables:
-        parts += ["### Nearest routing: prompt routed to a source that states the fact (everything on)",
-                  _markdown(tables["routing"].assign(cell=tables["routing"].apply(_cell, axis=1))[["category", "cell"]])]
+        parts += ["### Routing: prompt routed to a source that states the fact (everything on)",
+                  _markdown(_with_cells(tables["routing"], ["route"], ["category"]))]
     if "switch_vs_gold" in tables:
         frame = tables["switch_vs_gold"]
         for target, part in frame.groupby("target", sort=False):
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from mechunlearn import models
     from mechunlearn.cli.common import resolve_world
     from mechunlearn.native import analysis, switch
+    from mechunlearn.native.train import add_token_counts
     from mechunlearn.reference import pretrain
 
     parser = argparse.ArgumentParser(prog="python -m mechunlearn.native.report", description=__doc__)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = ({name: [name] for name in args.sources.split(",") if name} if args.sources else
                {k: v for k, v in DEFAULT_TARGETS.items() if all(s in world.sources or s in world.series for s in v)}
                or {"default": list(world.resolve_forget(None))})
-    native_dir = pretrain(world, "native", progress=False)
+    native_dir = add_token_counts(pretrain(world, "native", progress=False), world)  # models trained before them
     native = switch(native_dir, device="cpu")
     base = models.load(pretrain(world, "base", progress=False), device="cpu")
     golds, missing = {}, []
