@@ -12,7 +12,7 @@
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
     mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
     mechunlearn figures OUT [--dest DIR] [--formats pdf,svg,png]
-    mechunlearn native switch --model DIR --off SOURCE[,SOURCE] --route nearest|backbone|none --out DIR
+    mechunlearn native switch --model DIR --off SOURCE[,SOURCE] --route nearest|centroid|backbone|none --out DIR
     mechunlearn native report [--world default] [--out DIR]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;

@@ -39,7 +39,7 @@ def register(commands) -> None:
     switch.add_argument("--world", default="default", help="world directory or size preset (for --model native)")
     switch.add_argument("--seed", type=int, default=0, help="world seed when --world is a preset")
     switch.add_argument("--off", default="", help="comma-separated source ids to switch off")
-    switch.add_argument("--route", default="nearest", help="nearest | backbone | none (default: nearest)")
+    switch.add_argument("--route", default="nearest", help="nearest | centroid | backbone | none (default: nearest)")
     switch.add_argument("--source", default=None, help="route every query to this source's mask (their 'on')")
     switch.add_argument("--out", required=True, help="output directory")
     add_common(switch)

@@ -8,11 +8,15 @@ attacks' "no hooks left behind" check, and every eval, analysis and attack runs 
 
 Routes (what a query uses once ``off`` sources are unavailable):
 
-* ``nearest``: every position is routed to the surviving source whose centroid (mean token embedding of its
-  training documents, centered on the mean over all training tokens) is most cosine-similar to the causal mean
-  of the query's ``blocks.0.hook_resid_pre`` up to that position; it uses that source's training mask. Causal,
-  so scoring ``prompt + answer`` predicts the answer exactly as the prompt alone would. Pad/BOS positions
-  (recognised by their embedding) are left out of the mean. With nothing off this is the unswitched model.
+* ``nearest``: every position is routed to the surviving source under whose unigram model (its training-token
+  counts, ``native.json``) the query's tokens so far are likeliest; the tokens are read off
+  ``blocks.0.hook_resid_pre`` (GPT-NeoX: the token embedding, so the nearest embedding row). It uses that
+  source's training mask. With nothing off this is the unswitched model.
+* ``centroid``: the surviving source whose centroid (mean token embedding of its training documents, centered
+  on the mean over all training tokens) is most cosine-similar to the causal mean of the query's
+  ``blocks.0.hook_resid_pre`` (the issue's suggestion; it routes far worse, docs/native.md).
+  Both routers are causal, so scoring ``prompt + answer`` predicts the answer exactly as the prompt alone
+  would; pad/BOS positions (recognised by their embedding) are left out.
 * ``backbone``: every sink zeroed; the backbone unscaled (we trained with 0/1 masks, see docs/native.md).
 * ``none``: no router: the backbone plus every sink of a surviving source, sinks scaled by ``p_sink`` (their
   ``all`` mode when nothing is off: a token saw about a ``p_sink`` share of the sinks in training).
