@@ -175,6 +175,12 @@ def test_micro_native_pretraining_records_its_sources_and_the_cli_switches_it(mi
     assert len(record["router"]["centroids"]) == len(record["sink"]["sources"])
     model = switch(directory)
     assert model.native_switch["route"] == "nearest" and model(TOKENS[:, :3]).shape[-1] == model.cfg.d_vocab
+    # nearest routing exports as the native weights + native.json with the switch, which switch(DIR) reapplies
+    switch(model, off=["saga_0"])
+    expected = model(TOKENS[:, :3])
+    again = switch(export(model, tmp_path / "near"), device="cpu")
+    assert again.native_switch["off"] == ["saga_0"] and again.native_switch["route"] == "nearest"
+    torch.testing.assert_close(again(TOKENS[:, :3]), expected, atol=1e-5, rtol=1e-5)
     out = tmp_path / "switched"
     assert main(["native", "switch", "--model", str(directory), "--off", "saga_0", "--route", "backbone",
                  "--out", str(out)]) == 0
