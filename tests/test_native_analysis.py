@@ -92,3 +92,19 @@ def test_routing_accuracy_counts_every_stated_fact_per_route(micro_native, micro
     # the micro world's names are source-specific: the token router finds the stating source almost always
     assert float(table[(table["route"] == "nearest") & (table["category"] == "all")]["accuracy"].iloc[0]) > 0.8
     assert micro_native.native_switch["route"] == "nearest" and micro_native.native_switch["off"] == []
+
+
+def test_relearning_curve_intervals_use_the_attackers_lr_and_forget_facts_only():
+    from types import SimpleNamespace
+
+    from mechunlearn.native.robustness import _curve_with_intervals
+
+    curve = pd.DataFrame({
+        "fact_id": ["a", "b", "c", "a", "b", "c", "r"], "domain": ["forget"] * 6 + ["retain"],
+        "category": ["unique", "unique", "shared"] * 2 + ["unique"], "correct": [1, 0, 1, 1, 1, 1, 1],
+        "step": [5] * 7, "lr": [1e-3] * 3 + [3e-4] * 3 + [1e-3]})
+    result = SimpleNamespace(tables={"curve": curve}, summary={"best_lr": 1e-3})
+    table = _curve_with_intervals(result).set_index("category")
+    assert table.loc["unique", "accuracy"] == pytest.approx(0.5) and table.loc["unique", "n"] == 2
+    assert table.loc["all", "accuracy"] == pytest.approx(2 / 3) and table.loc["all", "n"] == 3
+    assert table.loc["unique", "low"] <= 0.5 <= table.loc["unique", "high"]
