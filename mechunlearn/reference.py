@@ -110,6 +110,7 @@ GOLD = ReferenceKind("gold", "gold standard: the same recipe without the forget 
 BUILTIN_REFERENCE_KINDS: dict[str, str] = {
     "base": "mechunlearn.reference:BASE",
     "gold": "mechunlearn.reference:GOLD",
+    "native": "mechunlearn.native.train:NATIVE",
 }
 _USER_KINDS: dict[str, ReferenceKind] = {}
 

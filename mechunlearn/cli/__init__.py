@@ -13,6 +13,8 @@
     mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
     mechunlearn figures OUT [--dest DIR] [--formats pdf,svg,png]
     mechunlearn report methods OUT [OUT ...] [--into docs/methods.md]
+    mechunlearn native switch --model DIR --off SOURCE[,SOURCE] --route nearest|centroid|backbone|none --out DIR
+    mechunlearn native report [--world default] [--out DIR]
 
 One module per command group in this package, each with a ``register(commands)`` that adds its sub-parsers;
 adding a command = one module + one line in ``COMMAND_MODULES``. Every command takes ``--device
@@ -31,7 +33,7 @@ from mechunlearn.cli.common import quiet_output, resolve_model_dir, resolve_worl
 __all__ = ["main", "build_parser", "resolve_world", "resolve_model_dir", "COMMAND_MODULES"]
 
 COMMAND_MODULES = ("world", "unlearn", "evaluate", "diagnose", "attack", "generate", "demo", "study", "figures",
-                   "report")
+                   "report", "native")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,10 @@ def _cmd_pretrain(args) -> int:
     for which in [name.strip() for name in args.which.split(",") if name.strip()]:
         directory = pretrain(world, which, force=args.force, progress=not args.quiet)
         model = models.load(directory, device=args.device, dtype=args.dtype)
+        if (directory / "native.json").is_file():  # the native model: all sources on, nearest routing
+            from mechunlearn.native import switch
+
+            model = switch(model)
         summary = json.loads((directory / "pretrain.json").read_text())
         accuracy = {domain: round(cloze_accuracy(model, model.tokenizer, world.cloze_probes(domain)), 4)
                     for domain in ("forget", "retain")}
@@ -66,7 +70,7 @@ def register(commands) -> None:
     pretrain = commands.add_parser("pretrain", help="pretrain the world's reference models (cached)")
     pretrain.add_argument("--world", default="default", help="world directory or size preset (default: default)")
     pretrain.add_argument("--seed", type=int, default=0, help="world seed when --world is a preset")
-    pretrain.add_argument("--which", default="base,gold", help="comma-separated: base, gold")
+    pretrain.add_argument("--which", default="base,gold", help="comma-separated: base, gold, native")
     pretrain.add_argument("--force", action="store_true", help="retrain even if cached")
     add_common(pretrain)
     pretrain.set_defaults(handler=_cmd_pretrain)

@@ -191,6 +191,9 @@ BUILTIN_STEP_KINDS: dict[str, str] = {
     "signature_table": "mechunlearn.pipeline.steps.report:SignatureTableStep",
     "report": "mechunlearn.pipeline.steps.report:ReportStep",
     "figures": "mechunlearn.pipeline.steps.figures:FiguresStep",
+    "native_model": "mechunlearn.pipeline.steps.native:NativeModelStep",
+    "native_switch": "mechunlearn.pipeline.steps.native:NativeSwitchStep",
+    "native": "mechunlearn.pipeline.steps.native:NativeTableStep",
 }
 _USER_KINDS: dict[str, type[StepKind]] = {}
 _LOADED: dict[str, StepKind] = {}
