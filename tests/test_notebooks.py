@@ -35,6 +35,7 @@ EXPECTED = {
     "01_quickstart": (2, ["cloze/forget/unique", "forget_quality", "activation_comparison", "forget loss"]),
     "02_whp_explorer": (2, ["alpha", "familiarity_prob", "p_answer"]),
     "03_brittleness_study": (1, ["magnitude/gold", "cloze/forget/unique", "tokens.csv", "image/png", "ColoredTokens"]),
+    "04_native_switch": (1, ["native (off)", "native-off-nearest", "random-nearest", "precision", "recall_unique"]),
     "05_attacks": (3, ["relearn", "p_value", "steps_to_half_gap", "suffix", "target_logprob_after"]),
 }
 
