@@ -155,8 +155,6 @@ def test_missing_checkpoint_and_files_are_named(tmp_path):
 
 
 def test_features_without_a_step_are_refused():
-    with pytest.raises(StudyError, match=r"attacks.*no attacks step"):
-        plan_study(study_of(attacks={"relearn": {"lrs": [1e-3]}}))
     with pytest.raises(StudyError, match=r"native.*no native step"):
         plan_study(study_of(models={"native": True}))
 
