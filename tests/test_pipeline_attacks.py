@@ -173,6 +173,31 @@ def test_killed_during_the_attacks_resumes_to_the_same_robustness_table(attacked
     assert [path for path in out.rglob(".*") if path.name != ".lock"] == []
 
 
+# ---------------------------------------------------------------------------------------------------- the demo
+def test_the_default_study_attacks_seed_zero_with_every_attack():
+    study = load_study("default")
+    from mechunlearn.attacks import available_attacks
+
+    assert list(study.attacks) == available_attacks() and study.attack_scope.seeds == [0]
+    assert set(study.methods) >= {"ga", "npo", "rmu", "cb_lat", "whp"} and study.study.seeds == [0, 1, 2]
+
+
+def test_demo_runs_the_default_study_and_prints_the_table_and_the_report(attacked, make_study, tmp_path,
+                                                                          monkeypatch, capsys):
+    from mechunlearn.cli import demo, main
+
+    out = tmp_path / "out"
+    shutil.copytree(attacked.out, out, ignore=shutil.ignore_patterns(".lock"))
+    monkeypatch.setattr(demo, "DEMO_STUDY", str(make_study.path))  # the micro study stands in for the default
+    monkeypatch.setenv("MECHUNLEARN_CACHE", str(make_study(out).study.cache))
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(attacked.plan)} steps, 0 to run" in printed  # everything done: the second run is instant
+    methods = (out / "tables" / "methods" / "methods.md").read_text().rstrip()
+    assert methods in printed
+    assert printed.rstrip().splitlines()[-1].startswith(f"The report: {out / 'report' / 'index.html'}")
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("attacks, words", [
     ({"nonsense": {}}, r"unknown attack 'nonsense'; known: relearn"),
