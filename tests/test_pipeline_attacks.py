@@ -80,7 +80,7 @@ def test_every_attack_runs_on_base_gold_and_the_unlearned_models(attacked):
                                  for model in ("base", "gold", npo)}
     for step_id, step in attack_steps.items():
         record = read_json(out / step_id / "step.json")
-        assert record["key"] == step.key and record["model_id"] == step.model_id
+        assert record["key"] == step.key and record["model_id"] == step.model_id and record["cpu_s"] > 0
         assert (out / step_id / "attack.json").is_file() and (out / step_id / "facts.csv").is_file()
         assert ("base" in step.inputs) == step_id.startswith("attacks/direction_ablation/")
         if step_id.startswith("attacks/relearn/"):  # the key holds the resolved config, defaults filled in
