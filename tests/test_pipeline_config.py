@@ -155,9 +155,8 @@ def test_missing_checkpoint_and_files_are_named(tmp_path):
 
 
 def test_features_without_a_step_are_refused():
-    with pytest.raises(StudyError, match=r"attacks.*no attacks step"):
-        plan_study(study_of(attacks={"relearn": {"lrs": [1e-3]}}))
-    # models.native = true has its steps now (mechunlearn.pipeline.steps.native; tests/test_native_pipeline.py)
+    # [attacks] and models.native = true have their steps now (tests/test_pipeline_attacks.py,
+    # tests/test_native_pipeline.py)
 
 
 def test_force_names_and_propagation(micro_world, tmp_path):

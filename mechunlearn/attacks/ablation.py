@@ -142,6 +142,7 @@ class DirectionAblation(Attack):
     Config = DirectionAblationConfig
     description = ("ablate the per-layer mean-difference direction (unlearned - base, or forget - retain) from "
                    "the residual stream (Łucki et al. 2024), then the evals")
+    needs_base = True  # the "base" direction: mean(unlearned) - mean(base) on forget text
 
     def attack(self, model, data: AttackData, *, base=None, progress: bool = False):
         config = self.config

@@ -148,15 +148,21 @@ class AttackResult(AnalysisResult):
 
         target = Path(directory)
         with atomic_directory(target) as staging:
-            self.frame.to_csv(staging / f"{self.name}.csv", index=False)
-            for table_name, table in self.tables.items():
-                table.to_csv(staging / f"{table_name}.csv", index=False)
-            (staging / "summary.json").write_text(json.dumps(to_json(self.summary), indent=2))
-            meta = {"format": RESULT_FORMAT, "name": self.name, "tables": list(self.tables), "config": self.config}
-            (staging / "attack.json").write_text(json.dumps(to_json(meta), indent=2))
-            if html:
-                self.figure().write_html(staging / f"{self.name}.html", include_plotlyjs=True, full_html=True)
+            self.write_files(staging, html=html)
         return target
+
+    def write_files(self, directory: str | os.PathLike, html: bool = True) -> None:
+        """``save``'s files, written into an existing ``directory`` that the caller makes atomic (a study's
+        attack step writes them into its own staging folder, next to its ``step.json``)."""
+        staging = Path(directory)
+        self.frame.to_csv(staging / f"{self.name}.csv", index=False)
+        for table_name, table in self.tables.items():
+            table.to_csv(staging / f"{table_name}.csv", index=False)
+        (staging / "summary.json").write_text(json.dumps(to_json(self.summary), indent=2))
+        meta = {"format": RESULT_FORMAT, "name": self.name, "tables": list(self.tables), "config": self.config}
+        (staging / "attack.json").write_text(json.dumps(to_json(meta), indent=2))
+        if html:
+            self.figure().write_html(staging / f"{self.name}.html", include_plotlyjs=True, full_html=True)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "AttackResult":
@@ -298,6 +304,8 @@ class Attack:
 
     #: whether ``run`` also attacks the base model (the curve attacks' "half of the base-gold gap" needs it)
     uses_base_curve: ClassVar[bool] = False
+    #: whether ``attack`` reads the base model itself (``base=``): direction ablation's base direction
+    needs_base: ClassVar[bool] = False
 
     def attack(self, model, data, *, base=None, progress: bool = False) -> AttackResult:
         raise NotImplementedError

@@ -76,7 +76,7 @@ def _attack_all(model_id: str, model: Any, base: Any, data: AttackData, attacks:
     results = {}
     for name in attacks:
         attack = create_attack(name, **dict(configs.get(name, {})))
-        uses_base = name == "direction_ablation"
+        uses_base = type(attack).needs_base
         key = config_digest({"version": RESULT_VERSION, "attack": name, "config": attack.config.to_dict(),
                              "model": model_key, "data": data.digest(), "base": base_key if uses_base else None})
         target = result_dir(out, name, model_id) if out is not None else None

@@ -8,7 +8,7 @@
     mechunlearn eval MODEL [--world ...]
     mechunlearn diagnose --base A --other B [--analyses ...] [--max-samples 500] [--out outputs/]
     mechunlearn attack --list | NAME --model M [--gold G] | all --models M1,M2 --gold G
-    mechunlearn demo
+    mechunlearn demo [--out DIR]            (= mechunlearn run default, then the methods table and the report)
     mechunlearn run STUDY.toml [--force STEP] [--executor serial|ray|submitit] [--plan]
     mechunlearn generate --prompt TEXT MODEL [MODEL ...] [--max-new-tokens 20] [--top-k 5] [--sample --seed S]
     mechunlearn figures OUT [--dest DIR] [--formats pdf,svg,png]

@@ -15,19 +15,19 @@ import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mechunlearn.pipeline.errors import StudyError
-from mechunlearn.pipeline.sections import (DEFAULT_ANALYSES, DTYPES, EXECUTORS, AnalysesSection, DataSection,
-                                           EvalsSection, MethodSpec, ModelsSection, RaySection, ReportSection,
-                                           StudySection, SubmititSection, TrackingSection)
+from mechunlearn.pipeline.sections import (DEFAULT_ANALYSES, DTYPES, EXECUTORS, AnalysesSection, AttacksScope,
+                                           DataSection, EvalsSection, MethodSpec, ModelsSection, RaySection,
+                                           ReportSection, StudySection, SubmititSection, TrackingSection)
 
 __all__ = ["Study", "StudySection", "DataSection", "ModelsSection", "MethodSpec", "EvalsSection",
-           "AnalysesSection", "ReportSection", "RaySection", "SubmititSection", "TrackingSection", "load_study",
-           "parse_study", "shipped_studies", "parse_assignment", "merge_tables", "EXECUTORS", "DTYPES",
+           "AnalysesSection", "AttacksScope", "ReportSection", "RaySection", "SubmititSection", "TrackingSection",
+           "load_study", "parse_study", "shipped_studies", "parse_assignment", "merge_tables", "EXECUTORS", "DTYPES",
            "DEFAULT_ANALYSES"]
 
 _NEED_MCQ = ("logit_lens", "tuned_lens")  # analyses that read MCQ items (diagnostics.study.NEEDS_MCQ)
@@ -57,6 +57,7 @@ class Study:
     tracking: TrackingSection
     source: str = "<dict>"           # where it was read from
     text: str = ""                   # the file as given (written to OUT/study.toml)
+    attack_scope: AttacksScope = field(default_factory=AttacksScope)   # [attacks] methods / seeds
 
     @property
     def out(self) -> Path:
@@ -93,7 +94,8 @@ class Study:
         record["methods"] = {name: {"preset": spec.preset, "resolved_preset": self.preset_of(name) or "none",
                                     "seeds": self.seeds_of(name), **spec.hyper}
                              for name, spec in self.methods.items()}
-        record["attacks"] = copy.deepcopy(self.attacks)
+        record["attacks"] = {**asdict(self.attack_scope), **{name: resolved_attack_config(name, config)
+                                                              for name, config in self.attacks.items()}}
         return record
 
 
@@ -183,10 +185,40 @@ def _methods(table: Any) -> dict[str, MethodSpec]:
     return specs
 
 
-def _attacks(table: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(table, dict) or not all(isinstance(entry, dict) for entry in table.values()):
+def _attacks(table: Any) -> tuple[dict[str, dict[str, Any]], AttacksScope]:
+    """``[attacks]``: its plain keys (``methods``, ``seeds``: which unlearned models) and one ``[attacks.<name>]``
+    table per attack (its config's fields, checked by building the attack)."""
+    if not isinstance(table, dict):
         raise StudyError("[attacks] must hold one [attacks.<name>] table per attack (its config's fields)")
-    return {name: dict(entry) for name, entry in table.items()}
+    scope_keys = [f.name for f in fields(AttacksScope)]
+    configs = {name: entry for name, entry in table.items() if isinstance(entry, dict)}
+    scope = _section(AttacksScope, {key: value for key, value in table.items() if key not in configs}, "attacks")
+    for name in configs:
+        if name in scope_keys:
+            raise StudyError(f"[attacks.{name}]: {name!r} is a key of [attacks] ({', '.join(scope_keys)}), "
+                             "not an attack")
+    if not configs:
+        return {}, scope
+    from mechunlearn.attacks import AttackError, available_attacks
+
+    for name, entry in configs.items():
+        if name not in available_attacks():
+            raise StudyError(f"[attacks.{name}]: unknown attack {name!r}; known: {', '.join(available_attacks())} "
+                             f"(and the keys {', '.join(scope_keys)})")
+        try:
+            resolved_attack_config(name, entry)
+        except AttackError as error:
+            raise StudyError(f"[attacks.{name}]: {error}") from error
+    return {name: dict(entry) for name, entry in configs.items()}, scope
+
+
+def resolved_attack_config(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Attack ``name``'s full config (defaults filled in, JSON types: lists, not tuples): what its steps key."""
+    import json
+
+    from mechunlearn.attacks import create_attack
+
+    return json.loads(json.dumps(create_attack(name, **dict(overrides)).config.to_dict()))
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -215,8 +247,9 @@ def parse_study(table: Mapping[str, Any], *, source: str = "<dict>", text: str =
     if unknown:
         raise StudyError(f"{source}: unknown section [{unknown[0]}]; allowed sections: {', '.join(ALL_SECTIONS)}")
     sections = {name: _section(cls, table.get(name, {}), name) for name, cls in _SECTIONS.items()}
-    study = Study(**sections, methods=_methods(table.get("methods", {})), attacks=_attacks(table.get("attacks", {})),
-                  source=source, text=text)
+    attacks, attack_scope = _attacks(table.get("attacks", {}))
+    study = Study(**sections, methods=_methods(table.get("methods", {})), attacks=attacks, source=source, text=text,
+                  attack_scope=attack_scope)
     if "names" not in table.get("analyses", {}) and study.data.forget and not (
             study.data.mcq_forget or study.data.mcq_general):
         # the default analyses, less the lenses, which read MCQ items the user's data does not have
@@ -301,6 +334,20 @@ def _check_analyses(study: Study) -> None:
     for seed in analyses.seeds:
         if seed not in all_seeds:
             raise StudyError(f"analyses.seeds names seed {seed}, which no method of this study runs")
+    scope = study.attack_scope
+    for name in scope.methods:
+        if name not in study.methods:
+            raise StudyError(f"attacks.methods names {name!r}, which is not a method of this study "
+                             f"({', '.join(study.methods) or 'none'})")
+    for seed in scope.seeds:
+        if seed not in all_seeds:
+            raise StudyError(f"attacks.seeds names seed {seed}, which no method of this study runs")
+    if study.attacks and study.models.gold == "none":
+        raise StudyError("[attacks] compares every model with the gold standard under the same attack, but "
+                         "models.gold = \"none\": give a gold model, or remove [attacks]")
+    if study.attacks and study.data.forget and not study.data.mcq_forget:
+        raise StudyError("[attacks] on your own files needs data.mcq_forget (the facts an attack tries to "
+                         "recover): give one, or remove [attacks]")
 
 
 # ------------------------------------------------------------------------------------------------------ loading

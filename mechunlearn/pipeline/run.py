@@ -294,7 +294,7 @@ class _Manifest:
             record = {}
         if record.get("key") == step.key:
             environment = record.get("environment", {})
-            self.records[step_id] = {"wall_s": record.get("wall_s"), "environment": {
+            self.records[step_id] = {"wall_s": record.get("wall_s"), "cpu_s": record.get("cpu_s"), "environment": {
                 key: environment.get(key) for key in ("hostname", "pid", "device", "dtype", "torch_threads",
                                                       "gpu_count", "seeds", "placement", "executor")}}
 
@@ -305,6 +305,7 @@ class _Manifest:
             done = self.records.get(step.id, {}) if status[step.id] in ("skipped", "ran") else {}
             steps.append({"id": step.id, "kind": step.kind, "stage": kind.stage, "model_id": step.model_id,
                           "key": step.key, "status": status[step.id], "wall_s": done.get("wall_s"),
+                          "cpu_s": done.get("cpu_s"),
                           "environment": done.get("environment"), "inputs": dict(step.inputs)})
         write_json(self.out / "manifest.json", {**self.header, "status": state, "wall_s": wall_s,
                                                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": steps})

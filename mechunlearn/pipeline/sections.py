@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["StudySection", "DataSection", "ModelsSection", "MethodSpec", "EvalsSection", "AnalysesSection",
-           "ReportSection", "RaySection", "SubmititSection", "TrackingSection", "EXECUTORS", "DTYPES",
-           "DEFAULT_ANALYSES"]
+           "AttacksScope", "ReportSection", "RaySection", "SubmititSection", "TrackingSection", "EXECUTORS",
+           "DTYPES", "DEFAULT_ANALYSES"]
 
 EXECUTORS = ("serial", "ray", "submitit")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -74,6 +74,15 @@ class AnalysesSection:
     batch_size: int = 16
     max_length: int = 128
     options: dict[str, Any] = field(default_factory=dict)  # {analysis: {option: value}} for diagnose(options=)
+
+
+@dataclass
+class AttacksScope:
+    """The plain keys of ``[attacks]`` (next to its ``[attacks.<name>]`` tables): which unlearned models are
+    attacked. Base and gold always are (gold is every attack's reference); so are the native model's ids."""
+
+    methods: list[str] = field(default_factory=list)   # [] = every method of the study
+    seeds: list[int] = field(default_factory=list)     # [] = every seed
 
 
 @dataclass

@@ -56,7 +56,7 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     try:
         with atomic_directory(out / step.id) as staging:
             outputs = kind.run(step, context, staging)
@@ -68,7 +68,10 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
                       "config": step.config, "paths": step.paths,
                       "inputs": {name: {"id": entry.id, "key": entry.record["key"]} for name, entry in inputs.items()},
                       "outputs": outputs, "environment": environment(device=device, dtype=dtype, seeds=seeds, **extras),
-                      "created": created, "wall_s": round(time.perf_counter() - started, 3)}
+                      "created": created, "wall_s": round(time.perf_counter() - started, 3),
+                      # CPU seconds of this process (all its threads): on a shared machine, what the step would
+                      # take alone on one core (one torch thread); wall_s there includes waiting for the CPU
+                      "cpu_s": round(time.process_time() - started_cpu, 3)}
             write_json(staging / "step.json", record)
     finally:
         torch.set_num_threads(previous_threads)
