@@ -154,9 +154,18 @@ def test_missing_checkpoint_and_files_are_named(tmp_path):
                                 "models": {"base": str(tmp_path), "gold": "none"}}))
 
 
-def test_features_without_a_step_are_refused():
-    # [attacks] and models.native = true have their steps now (tests/test_pipeline_attacks.py,
-    # tests/test_native_pipeline.py)
+def test_features_without_a_step_are_refused(monkeypatch):
+    # [attacks] and models.native = true have their steps (tests/test_pipeline_attacks.py,
+    # tests/test_native_pipeline.py); a build without them must refuse the study, not ignore the section
+    from mechunlearn.pipeline.steps import base as step_base
+
+    kept = {name: path for name, path in step_base.BUILTIN_STEP_KINDS.items()
+            if name not in ("attack", "robustness_table", "native_model", "native_switch", "native")}
+    monkeypatch.setattr(step_base, "BUILTIN_STEP_KINDS", kept)
+    with pytest.raises(StudyError, match=r"attacks.*no attacks step"):
+        plan_study(study_of(attacks={"relearn": {"lrs": [1e-3]}}))
+    with pytest.raises(StudyError, match=r"native.*no native step"):
+        plan_study(study_of(models={"native": True}))
 
 
 def test_force_names_and_propagation(micro_world, tmp_path):
