@@ -115,3 +115,37 @@ def test_robustness_report_into_its_own_section(tmp_path):
     page.write_text(f"a\n{BEGIN}\nmethods\n{END}\n{begin}\nold\n{end}\nb\n")
     write_into(page, text, kind="robustness")
     assert page.read_text() == f"a\n{BEGIN}\nmethods\n{END}\n{begin}\n{text}{end}\nb\n"
+
+
+def test_study_report_for_the_readme(tmp_path):
+    from mechunlearn.report.doc_tables import study_report
+
+    out = tmp_path / "default"
+    for folder in ("tables/methods", "tables/signature", "tables/robustness", "figures"):
+        (out / folder).mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"study": "default", "study_key": "0123456789abcdef",
+                                                   "status": "done", "environment": {}, "updated": "t"}))
+    (out / "tables/methods/methods.md").write_text("prose\n\n| model | x |\n|---|---|\n| npo | 0.1 |\n")
+    (out / "tables/signature/signature.md").write_text("prose\n\n| model | magnitude |\n|---|---|\n| npo | 0.2 |\n")
+    (out / "tables/robustness/robustness.md").write_text(
+        "| model | attack | v |\n|---|---|---|\n| npo | none | 1 |\n| npo | gcg | 2 |\n| npo | relearn | 3 |\n")
+    (out / "figures/relearning_curves.png").write_bytes(b"\x89PNG fake")
+    text = study_report(out, command="CMD", assets=tmp_path / "img", link_from=tmp_path)
+    assert "Written by `CMD`" in text and "| npo | 0.1 |" in text and "| npo | 0.2 |" in text
+    assert "| npo | none | 1 |" in text and "| npo | relearn | 3 |" in text and "gcg" not in text
+    assert "prose" not in text and "![relearning curves](img/default_relearning_curves.png)" in text
+    assert (tmp_path / "img" / "default_relearning_curves.png").read_bytes() == b"\x89PNG fake"
+    (out / "manifest.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(ValueError, match="not a finished study"):
+        study_report(out, command="CMD")
+
+
+def test_committed_readme_study_section():
+    from mechunlearn.report.doc_tables import markers
+
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    begin, end = markers("study")
+    section = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert re.search(r"Written by `mechunlearn report study [^`]+`", section)
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section):
+        assert (DOCS.parents[1] / image).is_file(), f"README shows {image}, which is not committed"

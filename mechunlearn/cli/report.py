@@ -1,5 +1,6 @@
 """``mechunlearn report methods OUT [OUT ...] [--into FILE]``: the docs' methods table from study runs;
-``mechunlearn report robustness TABLES [--into FILE]``: the docs' robustness table from an attacks run."""
+``mechunlearn report robustness TABLES [--into FILE]``: the docs' robustness table from an attacks run;
+``mechunlearn report study OUT [--assets DIR] [--into README.md]``: the README's account of a study run."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ def _cmd_report_robustness(args) -> int:
     return 0
 
 
+def _cmd_report_study(args) -> int:
+    from pathlib import Path
+
+    from mechunlearn.report.doc_tables import study_report, write_into
+
+    command = f"mechunlearn report study {args.out}" + (f" --assets {args.assets}" if args.assets else "")
+    link_from = Path(args.into).parent if args.into else Path(".")
+    text = study_report(args.out, command=command, assets=args.assets, link_from=link_from)
+    if args.into:
+        print(f"wrote {write_into(args.into, text, kind='study')}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def register(commands) -> None:
     report = commands.add_parser("report", help="tables for the docs, written from study runs")
     kinds = report.add_subparsers(dest="report_kind", required=True)
@@ -42,3 +58,9 @@ def register(commands) -> None:
     robustness.add_argument("--into", default=None, metavar="FILE",
                             help="replace the generated section of FILE (e.g. docs/attacks.md) instead of printing")
     robustness.set_defaults(handler=_cmd_report_robustness)
+    study = kinds.add_parser("study", help="a study run for the README: what make demo printed, a figure, the "
+                             "brittleness signature, robustness without attack and under relearning")
+    study.add_argument("out", metavar="OUT", help="a finished study's output directory")
+    study.add_argument("--assets", default=None, metavar="DIR", help="copy the figure here (e.g. docs/img)")
+    study.add_argument("--into", default=None, metavar="FILE", help="replace the generated section of FILE")
+    study.set_defaults(handler=_cmd_report_study)

@@ -22,7 +22,7 @@ from typing import Any
 
 from mechunlearn.storage import atomic_write_text, read_json
 
-__all__ = ["methods_report", "robustness_report", "write_into", "markers", "overall_verdict", "BEGIN", "END",
+__all__ = ["methods_report", "robustness_report", "study_report", "write_into", "markers", "overall_verdict", "BEGIN", "END",
            "OVERALL"]
 
 
@@ -148,3 +148,52 @@ def write_into(path: str | os.PathLike, text: str, kind: str = "methods") -> Pat
     _, tail = rest.split(end, 1)
     atomic_write_text(path, f"{head}{begin}\n{text}{end}{tail}")
     return path
+
+
+def _manifest_line(out: Path) -> str:
+    manifest = read_json(out / "manifest.json")
+    environment = manifest.get("environment", {})
+    return (f"study `{manifest.get('study')}` (key {str(manifest.get('study_key'))[:12]}), torch "
+            f"{environment.get('versions', {}).get('torch', '?')}, {environment.get('platform', '?')}, "
+            f"{environment.get('cpu_count', '?')} CPU(s), finished {manifest.get('updated', '?')}")
+
+
+def _table_lines(markdown: str, keep=None) -> list[str]:
+    """The Markdown table of a generated .md (its prose left out); ``keep(cells)`` filters the body rows."""
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    if keep is None or len(rows) < 2:
+        return rows
+    return rows[:2] + [row for row in rows[2:] if keep([cell.strip() for cell in row.strip("|").split("|")])]
+
+
+def study_report(out: str | os.PathLike, command: str, assets: str | os.PathLike | None = None,
+                 figure: str = "relearning_curves", link_from: str | os.PathLike = ".") -> str:
+    """The README's account of a study run (the default study of ``make demo``): what ``mechunlearn demo``
+    prints at the end (the methods table and the report's path), one of its figures (copied into ``assets``),
+    the brittleness signature and the robustness table's rows without an attack and under relearning."""
+    import shutil
+
+    out = Path(out)
+    if not (out / "manifest.json").is_file() or read_json(out / "manifest.json").get("status") != "done":
+        raise MethodsReportError(f"{out}: not a finished study run (no manifest.json with status done)")
+    lines = [f"Written by `{command}` from `{out}` (never typed): {_manifest_line(out)}.", ""]
+    methods = out / "tables" / "methods" / "methods.md"
+    if methods.is_file():
+        lines += ["What `make demo` printed at the end (the methods table):", "", "```",
+                  *_table_lines(methods.read_text()), f"The report: {out / 'report' / 'index.html'}", "```", ""]
+    png = out / "figures" / f"{figure}.png"
+    if assets is not None and png.is_file():
+        target = Path(assets) / f"{out.name}_{figure}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, target)
+        lines += [f"![{figure.replace('_', ' ')}]({os.path.relpath(target, link_from)})", ""]
+    signature = out / "tables" / "signature" / "signature.md"
+    if signature.is_file():
+        lines += ["The brittleness signature (definitions: docs/report.md):", "",
+                  *_table_lines(signature.read_text()), ""]
+    robustness = out / "tables" / "robustness" / "robustness.md"
+    if robustness.is_file():
+        lines += ["Robustness, without an attack and under relearning on held-out facts (every attack: "
+                  "docs/attacks.md):", "",
+                  *_table_lines(robustness.read_text(), keep=lambda cells: cells[1] in ("none", "relearn")), ""]
+    return "\n".join(lines)
