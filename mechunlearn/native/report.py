@@ -1,6 +1,6 @@
 """The measured tables of docs/native.md, generated, never typed: ``python -m mechunlearn.native.report`` (or
 ``mechunlearn native report``) writes CSVs and ``tables.md`` to ``--out`` and, with ``--docs FILE``, replaces
-the block between ``<!-- native-report:begin -->`` and ``<!-- native-report:end -->`` in that file.
+its generated section in that file (``mechunlearn.report.doc_tables.write_into``).
 
 It pretrains what the cache lacks only for the native and base models; a per-target gold standard is used when
 cached (``pretrain(world, "gold", forget_sources=target)``) and otherwise reported as missing (train it first:
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from mechunlearn.report.doc_tables import write_into
+
 __all__ = ["main", "DEFAULT_TARGETS", "format_tables"]
 
 # name -> sources: the world's default forget target (a four-book series), one book of it, one book of the
 # other series.
 DEFAULT_TARGETS = {"series_0": ["series_0"], "saga_0": ["saga_0"], "saga_4": ["saga_4"]}
-BEGIN, END = "<!-- native-report:begin -->", "<!-- native-report:end -->"
 
 
 def _cell(row) -> str:
@@ -148,13 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "tables.md").write_text(text)
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     if args.docs:
-        docs = Path(args.docs)
-        content = docs.read_text()
-        if BEGIN not in content or END not in content:
-            raise SystemExit(f"{docs} has no {BEGIN} ... {END} block to replace")
-        content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", content,
-                         flags=re.S)
-        docs.write_text(content)
+        write_into(args.docs, text, kind="native", command="mechunlearn native report")
     print(text)
     return 0
 

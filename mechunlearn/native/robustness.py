@@ -1,6 +1,6 @@
 """The switched-off native model under the relearning attack, next to gold and base (docs/native.md):
 ``python -m mechunlearn.native.robustness --docs docs/native.md`` replaces the block between
-``<!-- native-attacks:begin -->`` and ``<!-- native-attacks:end -->``.
+its generated section (``mechunlearn.report.doc_tables.write_into``).
 
 A reduced budget, stated in the output (the attacks issue's defaults are 3 lrs x 5 folds x 100 steps per model,
 too long for every model on a 2-core machine): ``mechunlearn.attacks.Relearn`` fine-tunes on k-1 folds of the
@@ -10,16 +10,16 @@ forget target's facts and measures the held-out fold's exact cloze; the same bud
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from mechunlearn.report.doc_tables import write_into
+
 __all__ = ["main"]
 
-BEGIN, END = "<!-- native-attacks:begin -->", "<!-- native-attacks:end -->"
 BUDGET = {"lrs": (3e-4, 1e-3), "k_folds": 2, "eval_steps": (0, 5, 20, 50), "curve_metrics": ("cloze",)}
 
 
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             + _markdown(pivot.reset_index()) + "\n")
     (out / "relearn.md").write_text(text)
     if args.docs:
-        docs = Path(args.docs)
-        content = docs.read_text()
-        content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}{END}", content,
-                         flags=re.S)
-        docs.write_text(content)
+        write_into(args.docs, text, kind="native-attacks", command="python -m mechunlearn.native.robustness")
     print(text)
     return 0
 
