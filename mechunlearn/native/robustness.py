@@ -1,5 +1,5 @@
 """The switched-off native model under the relearning attack, next to gold and base (docs/native.md):
-``python -m mechunlearn.native.robustness --docs docs/native.md`` replaces the block between
+``python -m mechunlearn.native.robustness --docs docs/native.md`` replaces
 its generated section (``mechunlearn.report.doc_tables.write_into``).
 
 A reduced budget, stated in the output (the attacks issue's defaults are 3 lrs x 5 folds x 100 steps per model,
