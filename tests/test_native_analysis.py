@@ -3,6 +3,7 @@ switch-vs-gold / entity tables on a one-epoch micro native model (shape and labe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -61,9 +62,14 @@ def test_switch_vs_gold_and_entity_tables_have_every_model_and_category(micro_na
     assert frame["accuracy"].between(0, 1).all()
     assert micro_native.native_switch["off"] == []  # left with everything on
     entity = micro_world.facts[0].subject
-    table = analysis.entity_request(micro_native, micro_world, entity, routes=("backbone",))
-    assert set(table["model"]) == {"native-on", "native-off-backbone"}
+    table = analysis.entity_request(micro_native, micro_world, entity, routes=("backbone",),
+                                    others={"other": switch(copy.deepcopy(micro_native), route="backbone")})
+    assert set(table["model"]) == {"native-on", "native-off-backbone", "other"}
     assert table.groupby("model")["n"].sum().nunique() == 1  # every fact in exactly one group
+    # another model is scored on the same groups: an all-backbone copy equals the backbone switch, group by group
+    by_model = table.set_index(["model", "group"])["accuracy"]
+    assert by_model["other"].to_dict() == by_model["native-off-backbone"].to_dict()
+    assert set(analysis.entity_sources(micro_world, entity)) == set(table["sources_off"].iloc[0].split(","))
     with pytest.raises(ValueError, match="mentioned by no source"):
         analysis.entity_request(micro_native, micro_world, "Nobody-Anywhere")
 

@@ -178,13 +178,23 @@ def attribution_scores(table: pd.DataFrame) -> pd.DataFrame:
                                        "recall_shared", "lost_elsewhere", "n_known"])
 
 
-def entity_request(model, world, entity: str, *, routes: Sequence[str] = ROUTES) -> pd.DataFrame:
-    """Switch off every source that mentions ``entity`` (as subject or object of a stated fact); accuracy on the
-    entity's facts, on the other facts of those sources, and on everything else, per route, next to all-on."""
-    info = native_info(model)
+def entity_sources(world, entity: str) -> list[str]:
+    """The sources that state a fact about ``entity`` (as subject or object): what an entity request switches
+    off, and what its gold standard is retrained without."""
     mentioning = sorted({s for f in world.facts if entity in (f.subject, f.object) for s in f.sources})
     if not mentioning:
         raise ValueError(f"entity {entity!r} is mentioned by no source of this world")
+    return mentioning
+
+
+def entity_request(model, world, entity: str, *, routes: Sequence[str] = ROUTES,
+                   others: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Switch off every source that mentions ``entity`` (as subject or object of a stated fact); accuracy on the
+    entity's facts, on the other facts of those sources, and on everything else, per route, next to all-on.
+    ``others``: more models scored on the same groups (e.g. the gold model retrained without those sources and a
+    post-hoc unlearning of the entity's documents), the comparison the request calls for."""
+    info = native_info(model)
+    mentioning = entity_sources(world, entity)
     groups = {}
     for fact in world.facts:
         if entity in (fact.subject, fact.object):
@@ -201,6 +211,11 @@ def entity_request(model, world, entity: str, *, routes: Sequence[str] = ROUTES)
             rows.append({"entity": entity, "sources_off": ",".join(mentioning), "model": label, "group": group,
                          **_interval_row(part["correct"])})
     switch(model, config=info)
+    for label, other in (others or {}).items():
+        scores = fact_scores(other, world).join(labels)
+        for group, part in scores.groupby("group", sort=True):
+            rows.append({"entity": entity, "sources_off": ",".join(mentioning), "model": label, "group": group,
+                         **_interval_row(part["correct"])})
     return pd.DataFrame(rows)
 
 

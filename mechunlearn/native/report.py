@@ -10,6 +10,7 @@ each is a few minutes on a CPU).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -79,6 +80,21 @@ def _cached(world, which: str, forget=None):
     return directory if (directory / "pretrain.json").is_file() else None
 
 
+def _entity_comparison(world, entity: str, base) -> dict:
+    """The entity request's standards: gold retrained without every source that mentions the entity, and NPO
+    (world preset, seed 0) unlearning the documents that name it, retaining everything else."""
+    from mechunlearn.methods import create
+    from mechunlearn.unlearn import unlearn
+
+    mentioning = analysis.entity_sources(world, entity)
+    gold = models.load(pretrain(world, "gold", forget_sources=mentioning, progress=False), device="cpu")
+    forget = [doc.text for doc in world.documents if entity in doc.text]
+    retain = [doc.text for doc in world.training_documents() if entity not in doc.text]
+    npo = unlearn(copy.deepcopy(base), create("npo", preset="world"), forget, retain, world=world,
+                  progress=False).model  # base itself stays as it is for the other tables
+    return {"gold without those sources": gold, "npo on the entity's documents": npo, "base": base}
+
+
 def _busiest_entity(world) -> str:
     """The entity stated about in the most sources (ties: the first name in sorted order)."""
     counts: dict[str, set[str]] = {}
@@ -138,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         attribution = analysis.attribution(native, world)
         attribution.to_csv(out / "attribution.csv", index=False)
         tables["attribution_scores"] = analysis.attribution_scores(attribution)
-    tables["entity"] = analysis.entity_request(native, world, _busiest_entity(world))
+    entity = _busiest_entity(world)
+    tables["entity"] = analysis.entity_request(native, world, entity,
+                                               others=_entity_comparison(world, entity, base) if not args.quick else None)
     for name, frame in tables.items():
         frame.to_csv(out / f"{name}.csv", index=False)
     meta = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "world": world.content_hash[:12],
