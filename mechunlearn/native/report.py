@@ -83,7 +83,10 @@ def _cached(world, which: str, forget=None):
 def _entity_comparison(world, entity: str, base) -> dict:
     """The entity request's standards: gold retrained without every source that mentions the entity, and NPO
     (world preset, seed 0) unlearning the documents that name it, retaining everything else."""
+    from mechunlearn import models
     from mechunlearn.methods import create
+    from mechunlearn.native import analysis
+    from mechunlearn.reference import pretrain
     from mechunlearn.unlearn import unlearn
 
     mentioning = analysis.entity_sources(world, entity)
