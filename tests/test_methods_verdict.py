@@ -58,3 +58,16 @@ def test_gold_comparison_aligns_facts_by_id():
     gold = _cloze({"c": True, "b": True, "a": False})   # another order
     result = gold_comparison([method], gold)
     assert result["vs_gold"] == pytest.approx(((1 - 0) + (0 - 1) + (1 - 1)) / 3)
+
+
+def test_seed_intervals_stay_in_the_metrics_range():
+    from mechunlearn.pipeline.steps.tables import clip_to_range
+    from mechunlearn.stats import seed_interval
+
+    collapsed = seed_interval([1.0, 1.0, 0.0])     # t interval over 3 seeds: mean 0.667, bounds past [0, 1]
+    assert collapsed.low < 0 and collapsed.high > 1
+    assert clip_to_range("collapsed", collapsed.low, collapsed.high) == (0.0, 1.0)
+    assert clip_to_range("cloze/forget/unique", 0.1, 0.3) == (0.1, 0.3)   # inside: unchanged
+    assert clip_to_range("forget_nll", -0.5, 7.0) == (0.0, 7.0)           # an NLL is bounded below only
+    low, high = clip_to_range("forget_quality", math.nan, math.nan)       # one seed: undefined stays undefined
+    assert math.isnan(low) and math.isnan(high)

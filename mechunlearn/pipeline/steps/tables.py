@@ -33,7 +33,7 @@ from mechunlearn.pipeline.steps.base import Plan, Step, StepKind
 from mechunlearn.storage import atomic_write_text, read_json
 
 __all__ = ["MethodsTableStep", "TABLE_METRICS", "HEADLINE", "RULE", "BAR", "VERDICTS", "markdown_table",
-           "ranking_metrics", "verdict", "gold_comparison"]
+           "ranking_metrics", "verdict", "gold_comparison", "clip_to_range"]
 
 TABLE_METRICS = ("cloze/forget/unique", "cloze/forget/shared", "cloze/forget/inferred", "cloze/retain/all",
                  "mcq_forget_acc", "mcq_general_acc", "truth_ratio/forget/unique", "forget_quality",
@@ -88,6 +88,19 @@ def gold_comparison(method_tables: list["Any"], gold_table: "Any", category: str
             "vs_gold/high": result.difference.high, "vs_gold/p": result.p_value, "vs_gold/n": result.difference.n}
 
 
+# metrics that live in [0, 1] (accuracies, shares, p-values, TOFU's statistic, the collapsed fraction): a Student-t
+# interval over 3 seeds can reach past the range (ga's collapsed fraction 0.667 gave [-0.77, 2.10]); its bounds
+# are clipped to what the metric can take. The NLLs are only bounded below.
+UNIT_RANGE = tuple(key for key in TABLE_METRICS if not key.endswith("_nll"))
+
+
+def clip_to_range(key: str, low: float, high: float) -> tuple[float, float]:
+    """The seed interval's bounds clipped to the metric's range ([0, 1], or [0, inf) for an NLL); nan stays."""
+    upper = 1.0 if key in UNIT_RANGE else math.inf
+    clip = lambda value: value if math.isnan(value) else min(max(value, 0.0), upper)  # noqa: E731
+    return clip(low), clip(high)
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
@@ -129,7 +142,7 @@ def _gold_cell(record: dict[str, Any]) -> str:
 class MethodsTableStep(StepKind):
     name, stage, order = "methods_table", "tables", 80
     loads_models = False
-    version = "3"  # 2: vs_gold (fact by fact) and the bar's verdict; 3: per-subject MCQ tables
+    version = "4"  # 2: vs_gold and the verdict; 3: per-subject MCQ tables; 4: bounded intervals clipped
 
     def plan(self, study, plan: Plan):
         evals = plan.by_kind("evals")
@@ -177,7 +190,8 @@ class MethodsTableStep(StepKind):
             for key in config["metrics"]:
                 values = [_number(metrics[entry["id"]].get(key)) for entry in entries]
                 interval = seed_interval([math.nan if value is None else value for value in values])
-                row[key], row[f"{key}/low"], row[f"{key}/high"] = interval.mean, interval.low, interval.high
+                row[key], row[f"{key}/low"], row[f"{key}/high"] = interval.mean, *clip_to_range(
+                    key, interval.low, interval.high)
             rows.append(row)
         table = pd.DataFrame(rows)
         self._compare_with_gold(table, groups, context, forget_key == "cloze/forget/unique")
