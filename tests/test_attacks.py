@@ -18,7 +18,8 @@ from mechunlearn.attacks.compare import curve_metrics
 from mechunlearn.attacks.data import split_folds
 from mechunlearn.attacks.finetune import fold_texts
 from mechunlearn.attacks.quantize import rtn_quantize
-from mechunlearn.attacks.table import markdown_table, robustness_table
+from mechunlearn.attacks.table import (markdown_table, model_summary, robustness_table, summary_markdown,
+                                       write_robustness_table)
 from mechunlearn.world.render import TEMPLATES, render
 
 
@@ -214,6 +215,42 @@ def test_robustness_table_against_direct_computation(tmp_path):
     assert set(table["attack"]) == {"none", "quantize"}
     markdown = markdown_table(table)
     assert markdown.count("\n") == len(table) + 2 and "| m | quantize | h |" in markdown
+
+
+def _table_row(model, attack, unique, vs_gold=None, at10=None, steps=None, headline=""):
+    row = {"model": model, "attack": attack, "headline": headline, "unique": unique, "unique_low": unique - 0.1,
+           "unique_high": unique + 0.1}
+    if vs_gold is not None:
+        row.update(unique_vs_gold=vs_gold, unique_vs_gold_low=vs_gold - 0.05, unique_vs_gold_high=vs_gold + 0.05,
+                   unique_vs_gold_p=0.01)
+    if at10 is not None:
+        row.update(unique_at_step10=at10, unique_steps_to_half_gap=steps)
+    return row
+
+
+def test_model_summary_picks_the_attack_that_beats_gold_most(tmp_path):
+    table = pd.DataFrame([
+        _table_row("gold", "none", 0.1, 0.0), _table_row("m", "none", 0.2, 0.1), _table_row("r", "none", 0.3, 0.2),
+        _table_row("gold", "relearn", 0.1, 0.0, at10=0.1, steps=math.inf, headline="lr=0.001, step 100"),
+        _table_row("m", "relearn", 0.6, 0.5, at10=0.3, steps=20.0, headline="lr=0.001, step 100"),
+        _table_row("r", "relearn", 0.9, 0.8, at10=0.9, steps=5.0, headline="lr=0.001, step 100"),
+        # GCG makes m answer more than relearning does, but it makes gold answer too: smaller lead over gold
+        _table_row("gold", "gcg", 0.7, 0.0), _table_row("m", "gcg", 0.9, 0.2), _table_row("r", "gcg", 0.8, 0.1),
+        _table_row("m", "quantize", 0.2, 0.1, headline="channel-4bit")])
+    summary = model_summary(table).set_index("model")
+    assert summary.loc["m", "strongest_attack"] == "relearn" and summary.loc["m", "strongest_variant"] == "lr=0.001"
+    assert summary.loc["m", "strongest_unique_vs_gold"] == pytest.approx(0.5)
+    assert not summary.loc["m", "back_within_10"] and summary.loc["r", "back_within_10"]
+    assert not summary.loc["gold", "back_within_10"]           # never recovers: infinite steps
+    assert pd.isna(summary.loc["gold", "strongest_attack"])    # the reference is not ranked against itself
+    assert summary.loc["r", "unique_before"] == pytest.approx(0.3)
+    markdown = summary_markdown(summary.reset_index())
+    assert "| r | 0.30 [0.20, 0.40] | 0.90 | 5 | yes | relearn (lr=0.001) | +0.80 [+0.75, +0.85] (p 0.01) |" in markdown
+    assert "| gold | 0.10 [0.00, 0.20] | 0.10 | never | no | – | – |" in markdown
+    write_robustness_table(table, tmp_path)
+    assert "Per model" in (tmp_path / "robustness.md").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "robustness_summary.csv")[["model", "strongest_attack"]],
+                                  summary.reset_index()[["model", "strongest_attack"]])
 
 
 def test_result_save_and_load_round_trip(tmp_path):

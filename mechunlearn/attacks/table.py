@@ -32,7 +32,10 @@ from mechunlearn.attacks.base import FORGET_CATEGORIES, AttackError, AttackResul
 from mechunlearn.attacks.compare import category_rows, curve_metrics, vs_gold
 from mechunlearn.attacks.data import AttackData
 
-__all__ = ["run_attacks", "robustness_table", "write_robustness_table", "markdown_table", "result_dir"]
+__all__ = ["run_attacks", "robustness_table", "write_robustness_table", "markdown_table", "model_summary",
+           "summary_markdown", "result_dir", "HALF_GAP_STEPS"]
+
+HALF_GAP_STEPS = 10     # "comes back within ten fine-tuning steps": the seeds' claim, read off the relearning curve
 
 RESULT_VERSION = 1
 
@@ -245,12 +248,77 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def model_summary(table: pd.DataFrame, relearn: str = "relearn", gold: str = "gold") -> pd.DataFrame:
+    """One row per model: what the robustness table says about it in a sentence.
+
+    ``unique_before``: forget-unique accuracy without an attack (with its interval). ``relearn_at_step10`` /
+    ``relearn_steps_to_half_gap``: the relearning attack's curve on held-out facts; ``back_within_10``: half of the base-gold gap recovered by
+    step :data:`HALF_GAP_STEPS` (the seeds' "comes back within ten steps"). ``strongest_attack``: the attack (and
+    its variant) whose forget-unique accuracy exceeds gold's under the same attack the most (``unique_vs_gold``,
+    paired over the same facts, with its interval): an attack that also teaches gold the answer does not count as
+    recovery (GCG and the soft prompt run on a sample of facts; the difference is paired on that sample)."""
+    rows = []
+    for model_id, rows_of_model in table.groupby("model", sort=False):
+        none = rows_of_model[rows_of_model["attack"] == "none"]
+        attacked = rows_of_model[(rows_of_model["attack"] != "none") & rows_of_model["unique_vs_gold"].notna()]
+        row: dict[str, Any] = {"model": model_id}
+        for suffix in ("", "_low", "_high"):
+            row[f"unique_before{suffix}"] = float(none[f"unique{suffix}"].iloc[0]) if len(none) else math.nan
+        curve = rows_of_model[rows_of_model["attack"] == relearn]
+        at_ten = float(curve["unique_at_step10"].iloc[0]) if len(curve) and "unique_at_step10" in curve else math.nan
+        steps = (float(curve["unique_steps_to_half_gap"].iloc[0])
+                 if len(curve) and "unique_steps_to_half_gap" in curve else math.nan)
+        row.update(relearn_at_step10=at_ten, relearn_steps_to_half_gap=steps,
+                   back_within_10=(steps <= HALF_GAP_STEPS) if _finite(steps) else None)
+        if len(attacked) and model_id != gold:     # gold is the reference: its differences are 0 by definition
+            best = attacked.loc[attacked["unique_vs_gold"].astype(float).idxmax()]
+            row.update(strongest_attack=str(best["attack"]), strongest_variant=_short(str(best.get("headline") or "")),
+                       strongest_unique=float(best["unique"]), strongest_unique_vs_gold=float(best["unique_vs_gold"]),
+                       strongest_unique_vs_gold_low=float(best["unique_vs_gold_low"]),
+                       strongest_unique_vs_gold_high=float(best["unique_vs_gold_high"]),
+                       strongest_unique_vs_gold_p=float(best["unique_vs_gold_p"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """``model_summary`` as Markdown."""
+    header = ["model", "forget unique, no attack", "relearning: unique @10 steps", "steps to ½ gap",
+              f"back within {HALF_GAP_STEPS} steps", "strongest attack (unique − gold)", "its unique − gold"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.to_dict("records"):
+        steps = row.get("relearn_steps_to_half_gap", math.nan)
+        back = row.get("back_within_10")
+        attack = row.get("strongest_attack")
+        attack_cell = "–" if not isinstance(attack, str) else (
+            attack + (f" ({row['strongest_variant']})" if row.get("strongest_variant") else ""))
+        cells = [str(row["model"]), _cell(row, "unique_before"),
+                 _cell(row, "relearn_at_step10"),
+                 "–" if not _finite(steps) else ("never" if math.isinf(steps) else f"{steps:g}"),
+                 "–" if back is None or (isinstance(back, float) and math.isnan(back)) else ("yes" if back else "no"),
+                 attack_cell,
+                 "–" if not isinstance(attack, str) else (_cell(row, "strongest_unique_vs_gold", True)
+                                                          + f" (p {row['strongest_unique_vs_gold_p']:.3g})")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_robustness_table(table: pd.DataFrame, directory: str | os.PathLike, name: str = "robustness"
                            ) -> tuple[Path, Path]:
-    """``directory/<name>.csv`` (every column) and ``directory/<name>.md`` (headline columns), atomically."""
+    """``directory/<name>.csv`` (every column), ``<name>_summary.csv`` (``model_summary``) and ``<name>.md``
+    (headline columns, then the per-model summary), atomically."""
     from mechunlearn.storage import atomic_write_text
 
     directory = Path(directory)
     csv_path = atomic_write_text(directory / f"{name}.csv", table.to_csv(index=False))
-    md_path = atomic_write_text(directory / f"{name}.md", markdown_table(table))
+    summary = model_summary(table)
+    atomic_write_text(directory / f"{name}_summary.csv", summary.to_csv(index=False))
+    text = (markdown_table(table) + "\n" + f"Per model (half the base-gold gap back within {HALF_GAP_STEPS} steps of "
+            "relearning on held-out facts; the attack that lifts forget-unique accuracy above gold's under the same "
+            "attack the most):\n\n" + summary_markdown(summary))
+    md_path = atomic_write_text(directory / f"{name}.md", text)
     return csv_path, md_path

@@ -102,6 +102,7 @@ class AttackStep(StepKind):
 
 class RobustnessTableStep(StepKind):
     name, stage, order = "robustness_table", "tables", 81
+    version = "2"                # 2: robustness.md ends with the per-model summary (attacks.table.model_summary)
     loads_models = False
 
     def plan(self, study, plan: Plan):
