@@ -117,6 +117,23 @@ def test_robustness_report_into_its_own_section(tmp_path):
     assert page.read_text() == f"a\n{BEGIN}\nmethods\n{END}\n{begin}\n{text}{end}\nb\n"
 
 
+def test_robustness_report_states_what_the_attacks_cost(tmp_path):
+    from mechunlearn.report.doc_tables import attack_cost
+
+    def step(attack, model, cpu, status="ran"):
+        return {"id": f"attacks/{attack}/{model}", "kind": "attack", "model_id": model, "status": status,
+                "cpu_s": cpu, "environment": {"torch_threads": 1}}
+
+    manifest = {"wall_s": 600.0, "executor": "ray",
+                "steps": [step("relearn", "base", 120.0), step("relearn", "gold", 60.0), step("gcg", "base", 30.0),
+                          {"id": "evals/base", "kind": "evals", "cpu_s": 999.0}]}
+    assert attack_cost(manifest) == ("Cost: 3 attack steps on 2 models, 3.5 CPU-minutes in all (relearn 3.0, gcg "
+                                     "0.5); the run that computed them took 10.0 min of wall time with executor "
+                                     "ray, 1 torch thread(s) per step.")
+    manifest["steps"][0]["status"] = "skipped"     # an earlier invocation ran it: this run's wall time is not theirs
+    assert "wall time" not in attack_cost(manifest) and attack_cost({"steps": []}) == ""
+
+
 def test_study_report_for_the_readme(tmp_path):
     from mechunlearn.report.doc_tables import study_report
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from mechunlearn.storage import atomic_write_text, read_json
 
-__all__ = ["methods_report", "robustness_report", "study_report", "write_into", "markers", "overall_verdict", "BEGIN", "END",
+__all__ = ["methods_report", "robustness_report", "study_report", "write_into", "markers", "attack_cost", "overall_verdict", "BEGIN", "END",
            "OVERALL"]
 
 
@@ -134,8 +134,38 @@ def robustness_report(table_md: str | os.PathLike, command: str) -> str:
             lines[0] += (f" Study `{manifest.get('study')}` (key {str(manifest.get('study_key'))[:12]}), torch "
                          f"{environment.get('versions', {}).get('torch', '?')}, {environment.get('platform', '?')}, "
                          f"{environment.get('cpu_count', '?')} CPU(s), finished {manifest.get('updated', '?')}.")
+            cost = attack_cost(manifest)
+            if cost:
+                lines.append("")
+                lines.append(cost)
             break
     return "\n".join(lines) + "\n\n" + path.read_text().rstrip() + "\n"
+
+
+def attack_cost(manifest: dict[str, Any]) -> str:
+    """What the attack steps of a study run cost: CPU seconds per attack (summed over models, from each step's
+    record, also for steps an earlier invocation ran) and, when this invocation ran every one of them, its wall
+    time. "" when the run has no attack steps."""
+    steps = [step for step in manifest.get("steps", []) if step.get("kind") == "attack"]
+    if not steps:
+        return ""
+    per_attack: dict[str, float] = {}
+    for step in steps:
+        attack = step["id"].split("/")[1]
+        per_attack[attack] = per_attack.get(attack, 0.0) + float(step.get("cpu_s") or 0.0)
+    total = sum(per_attack.values())
+    models = len({step.get("model_id") for step in steps})
+    text = (f"Cost: {len(steps)} attack steps on {models} models, {total / 60:.1f} CPU-minutes in all ("
+            + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in
+                        sorted(per_attack.items(), key=lambda item: -item[1])) + ")")
+    ran_all = all(step.get("status") == "ran" for step in steps)
+    threads = {step.get("environment", {}).get("torch_threads") for step in steps} - {None}
+    if ran_all and manifest.get("wall_s") is not None:
+        text += (f"; the run that computed them took {float(manifest['wall_s']) / 60:.1f} min of wall time with "
+                 f"executor {manifest.get('executor', '?')}")
+    if threads:
+        text += f", {', '.join(str(t) for t in sorted(threads))} torch thread(s) per step"
+    return text + "."
 
 
 def write_into(path: str | os.PathLike, text: str, kind: str = "methods", command: str | None = None) -> Path:
