@@ -53,6 +53,16 @@ def test_report_from_two_runs(tmp_path):
                             "dpo": ["misses", "misses", "never"]}
 
 
+def test_grid_rows_say_what_their_key_varies(tmp_path):
+    run = _fake_run(tmp_path / "grid", 1, {})
+    (run / "tables" / "methods" / "methods.csv").write_text(
+        "model,role,method,config,verdict\nbase,base,,,\ngold,gold,,,\nnpo,unlearned,npo,,meets\n"
+        "rmu-bb,unlearned,rmu,epochs=16,meets on the mean\nrmu-aa,unlearned,rmu,epochs=8,misses\n")
+    text = methods_report([run], command="CMD")
+    listing = text.split("Grid configurations")[1]
+    assert "* `rmu-aa`: epochs=8\n* `rmu-bb`: epochs=16" in listing and "`npo`" not in listing
+
+
 def test_write_into_replaces_only_the_section(tmp_path):
     page = tmp_path / "methods.md"
     page.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")

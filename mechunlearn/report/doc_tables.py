@@ -104,6 +104,13 @@ def methods_report(outs: list[str | os.PathLike], command: str | None = None) ->
         for record in table.to_dict("records"):
             if record["role"] == "unlearned":
                 verdicts.setdefault(record["model"], []).append(record["verdict"])
+        grid_rows = [record for record in table.to_dict("records") if record["role"] == "unlearned"
+                     and str(record.get("config", "")).strip()]
+        if grid_rows:   # a grid's rows are named <method>-<config key>: say what each key varies
+            lines += ["", "Grid configurations (the values varied; every row's full hyper-parameters: the run's "
+                      "study.resolved.json):", "",
+                      *[f"* `{record['model']}`: {record['config']}" for record in
+                        sorted(grid_rows, key=lambda record: (record["method"], record["model"]))]]
     header = ["method", *[f"`{run['out'].name}`" for run in runs], "across runs"]
     rows = [[model, *values, overall_verdict(values)] for model, values in verdicts.items()
             if len(values) == len(runs)]
