@@ -295,3 +295,18 @@ def test_run_json_records_provenance_and_load_dtype(tmp_path, toy_model_dir, toy
     reloaded = models.load(target / "model", device="cpu", dtype="auto")
     assert json.loads((target / "model" / "config.json").read_text())["dtype"] == "bfloat16"
     assert reloaded.cfg.n_layers == 3
+
+
+def test_docs_preset_table_is_the_preset():
+    """docs/methods.md's "Seed defaults vs world preset" table states methods/presets.py's values (it drifted once)."""
+    import re
+    from pathlib import Path
+
+    from mechunlearn.methods.presets import WORLD_PRESET
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    rows = dict(re.findall(r"^\| (\w+) \| lr=1e-05[^|]* \| (lr=[^|]*) \|$", text, flags=re.M))
+    assert set(rows) == set(WORLD_PRESET)
+    for method, cell in rows.items():
+        stated = dict(pair.split("=", 1) for pair in cell.strip().split(", "))
+        assert stated == {key: str(value) for key, value in WORLD_PRESET[method].items()}, method
