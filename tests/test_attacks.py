@@ -236,7 +236,8 @@ def test_model_summary_picks_the_attack_that_beats_gold_most(tmp_path):
         _table_row("r", "relearn", 0.9, 0.8, at10=0.9, steps=5.0, headline="lr=0.001, step 100"),
         # GCG makes m answer more than relearning does, but it makes gold answer too: smaller lead over gold
         _table_row("gold", "gcg", 0.7, 0.0), _table_row("m", "gcg", 0.9, 0.2), _table_row("r", "gcg", 0.8, 0.1),
-        _table_row("m", "quantize", 0.2, 0.1, headline="channel-4bit")])
+        _table_row("m", "quantize", 0.2, 0.1, headline="channel-4bit"),
+        _table_row("w", "none", 0.1, 0.0), _table_row("w", "gcg", 0.75, 0.03)])    # w's best lead reaches 0
     summary = model_summary(table).set_index("model")
     assert summary.loc["m", "strongest_attack"] == "relearn" and summary.loc["m", "strongest_variant"] == "lr=0.001"
     assert summary.loc["m", "strongest_unique_vs_gold"] == pytest.approx(0.5)
@@ -247,10 +248,41 @@ def test_model_summary_picks_the_attack_that_beats_gold_most(tmp_path):
     markdown = summary_markdown(summary.reset_index())
     assert "| r | 0.30 [0.20, 0.40] | 0.90 | 5 | yes | relearn (lr=0.001) | +0.80 [+0.75, +0.85] (p 0.01) |" in markdown
     assert "| gold | 0.10 [0.00, 0.20] | 0.10 | never | no | – | – |" in markdown
+    assert "| w | 0.10 [0.00, 0.20] | – | – | – | none beats gold (best: gcg) | +0.03 [-0.02, +0.08] (p 0.01) |" \
+        in markdown
     write_robustness_table(table, tmp_path)
     assert "Per model" in (tmp_path / "robustness.md").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "robustness_summary.csv")[["model", "strongest_attack"]],
                                   summary.reset_index()[["model", "strongest_attack"]])
+
+
+def _curve_result(name, before, curves):
+    """A relearning-like result: facts (unique only) with ``before``, and per-lr curves ``{lr: {step: acc}}``."""
+    result = _result(name, [before] * 4, before=[before] * 4)
+    frame = pd.DataFrame([{"lr": lr, "step": step, "category": "unique", "accuracy": accuracy, "n": 2}
+                          for lr, curve in curves.items() for step, accuracy in curve.items()])
+    headline_lr = max(curves, key=lambda lr: curves[lr][max(curves[lr])])       # best at the last step
+    result.frame = frame
+    result.tables["headline_curve"] = frame[frame["lr"] == headline_lr].drop(columns="lr").reset_index(drop=True)
+    return result
+
+
+def test_relearning_summary_takes_the_best_lr_for_a_ten_step_budget():
+    steps = (0, 5, 10, 100)
+    results = {"relearn": {
+        "base": _curve_result("relearn", 1.0, {1e-4: dict.fromkeys(steps, 1.0)}),
+        "gold": _curve_result("relearn", 0.0, {1e-4: dict.fromkeys(steps, 0.0)}),
+        # the slow lr wins at step 100 (the headline), the fast one is at 0.8 by step 5
+        "m": _curve_result("relearn", 0.0, {1e-4: {0: 0.0, 5: 0.1, 10: 0.2, 100: 0.95},
+                                            1e-3: {0: 0.0, 5: 0.8, 10: 0.8, 100: 0.9}})}}
+    table = robustness_table(results, gold="gold", base="base")
+    row = table[(table["model"] == "m") & (table["attack"] == "relearn")].iloc[0]
+    assert row["unique_at_step10"] == pytest.approx(0.2) and row["unique_steps_to_half_gap"] == 100  # headline lr
+    assert row["unique_best_at_step10"] == pytest.approx(0.8) and row["unique_best_lr_at_step10"] == 1e-3
+    assert row["unique_best_steps_to_half_gap"] == 5
+    summary = model_summary(table).set_index("model")
+    assert summary.loc["m", "relearn_at_step10"] == pytest.approx(0.8) and summary.loc["m", "back_within_10"]
+    assert "| m | 0.00 [0.00, 0.00] | 0.80 (0.001) | 5 | yes |" in summary_markdown(summary.reset_index())
 
 
 def test_result_save_and_load_round_trip(tmp_path):

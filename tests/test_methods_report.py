@@ -130,18 +130,27 @@ def test_robustness_report_into_its_own_section(tmp_path):
 def test_robustness_report_states_what_the_attacks_cost(tmp_path):
     from mechunlearn.report.doc_tables import attack_cost
 
-    def step(attack, model, cpu, status="ran"):
-        return {"id": f"attacks/{attack}/{model}", "kind": "attack", "model_id": model, "status": status,
-                "cpu_s": cpu, "environment": {"torch_threads": 1}}
+    def step(attack, model, cpu, created, wall):
+        record = {"id": f"attacks/{attack}/{model}", "kind": "attack", "model_id": model, "status": "ran",
+                  "cpu_s": cpu, "environment": {"torch_threads": 1}}
+        folder = tmp_path / record["id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "step.json").write_text(json.dumps({"created": created, "wall_s": wall}))
+        return record
 
-    manifest = {"wall_s": 600.0, "executor": "ray",
-                "steps": [step("relearn", "base", 120.0), step("relearn", "gold", 60.0), step("gcg", "base", 30.0),
+    # two workers: relearn/base and relearn/gold side by side from 10:00:00, gcg/base after the first: 3 min wall
+    manifest = {"executor": "ray",
+                "steps": [step("relearn", "base", 120.0, "2026-12-07T10:00:00", 120.0),
+                          step("relearn", "gold", 60.0, "2026-12-07T10:00:00", 60.0),
+                          step("gcg", "base", 30.0, "2026-12-07T10:02:00", 60.0),
                           {"id": "evals/base", "kind": "evals", "cpu_s": 999.0}]}
-    assert attack_cost(manifest) == ("Cost: 3 attack steps on 2 models, 3.5 CPU-minutes in all (relearn 3.0, gcg "
-                                     "0.5); the run that computed them took 10.0 min of wall time with executor "
-                                     "ray, 1 torch thread(s) per step.")
-    manifest["steps"][0]["status"] = "skipped"     # an earlier invocation ran it: this run's wall time is not theirs
-    assert "wall time" not in attack_cost(manifest) and attack_cost({"steps": []}) == ""
+    assert attack_cost(manifest, tmp_path) == (
+        "Cost: 3 attack steps on 2 models, 3.5 CPU-minutes in all (relearn 3.0, gcg 0.5); wall time from the first "
+        "attack step's start to the last one's end: 3.0 min (executor ray), 1 torch thread(s) per step.")
+    assert "wall time" not in attack_cost(manifest)                  # no step records to read
+    (tmp_path / "attacks/gcg/base/step.json").write_text(json.dumps({"created": "2026-12-08T10:00:00", "wall_s": 60}))
+    assert "wall time" not in attack_cost(manifest, tmp_path)        # computed in two runs a day apart
+    assert attack_cost({"steps": []}) == ""
 
 
 def test_study_report_for_the_readme(tmp_path):

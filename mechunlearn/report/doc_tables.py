@@ -141,7 +141,7 @@ def robustness_report(table_md: str | os.PathLike, command: str) -> str:
             lines[0] += (f" Study `{manifest.get('study')}` (key {str(manifest.get('study_key'))[:12]}), torch "
                          f"{environment.get('versions', {}).get('torch', '?')}, {environment.get('platform', '?')}, "
                          f"{environment.get('cpu_count', '?')} CPU(s), finished {manifest.get('updated', '?')}.")
-            cost = attack_cost(manifest)
+            cost = attack_cost(manifest, parent)
             if cost:
                 lines.append("")
                 lines.append(cost)
@@ -149,10 +149,14 @@ def robustness_report(table_md: str | os.PathLike, command: str) -> str:
     return "\n".join(lines) + "\n\n" + path.read_text().rstrip() + "\n"
 
 
-def attack_cost(manifest: dict[str, Any]) -> str:
+def attack_cost(manifest: dict[str, Any], out: str | os.PathLike | None = None) -> str:
     """What the attack steps of a study run cost: CPU seconds per attack (summed over models, from each step's
-    record, also for steps an earlier invocation ran) and, when this invocation ran every one of them, its wall
-    time. "" when the run has no attack steps."""
+    record) and, from the steps' own start times and wall times in ``out`` (each ``step.json``: ``created`` is
+    when the step started), the wall time from the first attack step's start to the last one's end; left out
+    when the steps were computed in separate runs (the span is then longer than all their wall times together).
+    "" when the run has no attack steps."""
+    from datetime import datetime, timedelta
+
     steps = [step for step in manifest.get("steps", []) if step.get("kind") == "attack"]
     if not steps:
         return ""
@@ -165,11 +169,23 @@ def attack_cost(manifest: dict[str, Any]) -> str:
     text = (f"Cost: {len(steps)} attack steps on {models} models, {total / 60:.1f} CPU-minutes in all ("
             + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in
                         sorted(per_attack.items(), key=lambda item: -item[1])) + ")")
-    ran_all = all(step.get("status") == "ran" for step in steps)
-    threads = {step.get("environment", {}).get("torch_threads") for step in steps} - {None}
-    if ran_all and manifest.get("wall_s") is not None:
-        text += (f"; the run that computed them took {float(manifest['wall_s']) / 60:.1f} min of wall time with "
-                 f"executor {manifest.get('executor', '?')}")
+    spans = []
+    for step in steps if out is not None else []:
+        record_path = Path(out) / step["id"] / "step.json"
+        if not record_path.is_file():
+            spans = []
+            break
+        record = read_json(record_path)
+        started = datetime.fromisoformat(record["created"])
+        spans.append((started, started + timedelta(seconds=float(record["wall_s"])), float(record["wall_s"])))
+    if spans:
+        wall = (max(end for _, end, _ in spans) - min(start for start, _, _ in spans)).total_seconds()
+        if wall <= sum(seconds for _, _, seconds in spans):
+            executors = sorted({(step.get("environment") or {}).get("executor") or manifest.get("executor") or "?"
+                                for step in steps})
+            text += (f"; wall time from the first attack step's start to the last one's end: {wall / 60:.1f} min "
+                     f"(executor {', '.join(executors)})")
+    threads = {(step.get("environment") or {}).get("torch_threads") for step in steps} - {None}
     if threads:
         text += f", {', '.join(str(t) for t in sorted(threads))} torch thread(s) per step"
     return text + "."

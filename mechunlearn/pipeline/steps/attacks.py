@@ -102,7 +102,7 @@ class AttackStep(StepKind):
 
 class RobustnessTableStep(StepKind):
     name, stage, order = "robustness_table", "tables", 81
-    version = "2"                # 2: robustness.md ends with the per-model summary (attacks.table.model_summary)
+    version = "3"                # 2: the per-model summary under the table; 3: best lr per budget, "none beats gold"
     loads_models = False
 
     def plan(self, study, plan: Plan):
